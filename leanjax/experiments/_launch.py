@@ -1,0 +1,172 @@
+"""Command line of every experiment: `python -m leanjax.experiments.<name> [flags]`.
+
+    --config PATH[:ARG]   a config file defining get_config(arg) (default: configs/<name>/default.py)
+    --config.KEY=VALUE    override a (dotted) key; the value is parsed as the key's existing type
+    --workdir DIR         where checkpoints, logs, plots and summary.json go (default runs/<name>/<time>)
+    --audit               compile and report cost instead of training, where the experiment supports it
+
+Unknown keys, values of the wrong type and missing files are errors that name the key and suggest the
+closest valid ones. The experiment's `run(config, workdir) -> (metrics, headline)` does the work; this
+module times it and writes summary.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import difflib
+import importlib.util
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import ml_collections
+
+from leanjax.data.source import DatasetNotFoundError
+from leanjax.train.checkpoint import IncompatibleCheckpointError
+from leanjax.train.loop import NonFiniteLossError
+from leanjax.train.summary import write_summary
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+class ConfigError(ValueError):
+    pass
+
+
+# Errors whose message is the whole story (missing asset/dataset: FileNotFoundError subclasses).
+_USER_ERRORS = (ConfigError, FileNotFoundError, DatasetNotFoundError, IncompatibleCheckpointError,
+                NonFiniteLossError)
+
+
+def load_config(spec: str) -> ml_collections.ConfigDict:
+    """Load `path/to/default.py[:arg]` and call its `get_config(arg)`."""
+    path, _, arg = spec.partition(":")
+    file = Path(path)
+    if not file.is_file() and (REPO_ROOT / path).is_file():
+        file = REPO_ROOT / path
+    if not file.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    module_spec = importlib.util.spec_from_file_location(f"_leanjax_config_{file.parent.name}", file)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    if not hasattr(module, "get_config"):
+        raise ConfigError(f"{file} defines no get_config(arg)")
+    config = module.get_config(arg or None) if arg else module.get_config()
+    return config
+
+
+def _keys(config: ml_collections.ConfigDict, prefix: str = "") -> list[str]:
+    out = []
+    for k, v in config.items():
+        out.append(prefix + k)
+        if isinstance(v, ml_collections.ConfigDict):
+            out += _keys(v, prefix + k + ".")
+    return out
+
+
+def _parse_value(text: str, current: Any, key: str) -> Any:
+    if isinstance(current, bool):
+        lowered = text.lower()
+        if lowered in ("true", "1", "yes"):
+            return True
+        if lowered in ("false", "0", "no"):
+            return False
+        raise ConfigError(f"config.{key} expects a bool (true/false), got {text!r}")
+    if isinstance(current, int):
+        try:
+            return int(text)
+        except ValueError:
+            raise ConfigError(f"config.{key} expects an int, got {text!r}") from None
+    if isinstance(current, float):
+        try:
+            return float(text)
+        except ValueError:
+            raise ConfigError(f"config.{key} expects a float, got {text!r}") from None
+    if isinstance(current, str) or current is None:
+        return text
+    try:  # tuples, lists, dicts: a Python literal
+        value = ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        raise ConfigError(f"config.{key} expects a {type(current).__name__} literal, got {text!r}") from None
+    if isinstance(current, (tuple, list)) and isinstance(value, (tuple, list)):
+        return type(current)(value)
+    if not isinstance(value, type(current)):
+        raise ConfigError(f"config.{key} expects a {type(current).__name__}, got {text!r}")
+    return value
+
+
+def apply_override(config: ml_collections.ConfigDict, key: str, text: str) -> None:
+    valid = _keys(config)
+    if key not in valid:
+        close = difflib.get_close_matches(key, valid, n=3, cutoff=0.5)
+        hint = f"; did you mean {', '.join('config.' + c for c in close)}?" if close else \
+            f"; valid keys: {', '.join(sorted(valid))}"
+        raise ConfigError(f"unknown config key config.{key}{hint}")
+    *parents, leaf = key.split(".")
+    node = config
+    for p in parents:
+        node = node[p]
+    current = node[leaf]
+    if isinstance(current, ml_collections.ConfigDict):
+        raise ConfigError(f"config.{key} is a group of keys ({', '.join(current.keys())}); set one of them")
+    try:
+        node[leaf] = _parse_value(text, current, key)
+    except TypeError as e:  # ml_collections' own type check
+        raise ConfigError(f"config.{key}: {e}") from None
+
+
+def parse_args(name: str, argv: list[str]) -> tuple[ml_collections.ConfigDict, str, argparse.Namespace]:
+    parser = argparse.ArgumentParser(prog=f"python -m leanjax.experiments.{name}",
+                                     description=__doc__.split("\n\n")[0])
+    parser.add_argument("--config", default=f"configs/{name}/default.py")
+    parser.add_argument("--workdir", default=None)
+    parser.add_argument("--audit", action="store_true", help="compile and report cost; no training")
+    parser.add_argument("--mode", default="train", help="train, or a mode the experiment defines")
+    args, rest = parser.parse_known_args(argv)
+    config = load_config(args.config)
+    for item in rest:
+        if not item.startswith("--config."):
+            raise ConfigError(f"unrecognised argument {item!r}; overrides look like --config.key=value")
+        key, eq, value = item[len("--config."):].partition("=")
+        if not eq:
+            raise ConfigError(f"override {item!r} has no value: use --config.{key}=VALUE")
+        apply_override(config, key, value)
+    workdir = args.workdir or str(REPO_ROOT / "runs" / name / time.strftime("%Y%m%d-%H%M%S"))
+    return config, workdir, args
+
+
+def main(name: str, run: Callable[..., tuple[dict, dict]], argv: list[str] | None = None,
+         audit: Callable[..., tuple[dict, dict]] | None = None) -> int:
+    """Parse flags, run the experiment, write summary.json; return the process exit code."""
+    argv = sys.argv[1:] if argv is None else argv
+    try:
+        config, workdir, args = parse_args(name, argv)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    os.makedirs(workdir, exist_ok=True)
+    config.lock()
+    fn = run
+    if args.audit:
+        if audit is None:
+            print(f"error: experiment {name} has no --audit mode", file=sys.stderr)
+            return 2
+        fn = audit
+    t0 = time.perf_counter()
+    try:
+        metrics, headline = fn(config, workdir, mode=args.mode) if args.mode != "train" else fn(config, workdir)
+    except _USER_ERRORS as e:  # a message for the user, not a traceback from deep inside
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    if metrics.get("preempted"):
+        print(f"preempted: checkpoint saved in {workdir}; rerun the same command to resume")
+        return 0
+    path = write_summary(workdir, experiment=name, config=config, metrics=metrics, headline=headline,
+                         wall_s=time.perf_counter() - t0)
+    print(f"summary: {path}")
+    for k, v in headline.items():
+        print(f"  {k}: {v:.4g}" if isinstance(v, float) else f"  {k}: {v}")
+    return 0

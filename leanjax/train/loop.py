@@ -1,0 +1,182 @@
+"""The canonical training loop.
+
+`fit` drives a jitted `train_step(state, batch) -> (state, metrics)` over a resumable data iterator:
+
+- resumes from the newest checkpoint in `workdir` (train state, RNG and data position), so re-running
+  the same command after a crash or a SIGKILL continues bit-for-bit where the last checkpoint left off;
+- SIGTERM (preemption) finishes the current step, saves, and returns with `preempted=True`;
+- a NaN/Inf loss stops the run with `NonFiniteLossError` naming the step; the last checkpoint saved
+  before it stays the newest (a state is only ever saved after its losses were checked);
+- metrics go to `metrics.jsonl` and TensorBoard; a progress line shows steps/s and ETA.
+
+Per-step metrics stay on the device and are fetched once per `log_every` steps, so the host never
+stalls the accelerator between log points.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import signal
+import time
+from typing import Any, Callable, Iterator
+
+import jax
+import numpy as np
+
+from leanjax.train.checkpoint import Checkpointer
+from leanjax.train.writers import MetricWriter, Progress, mean_rows
+
+
+class NonFiniteLossError(FloatingPointError):
+    def __init__(self, step: int, value: float, last_checkpoint: int | None):
+        self.step, self.value, self.last_checkpoint = step, value, last_checkpoint
+        kept = (f"the last good checkpoint (step {last_checkpoint}) is kept" if last_checkpoint is not None
+                else "no checkpoint had been saved yet")
+        super().__init__(f"loss is {value} at step {step}; training stopped and {kept}. "
+                         "Lower the learning rate, enable gradient clipping, or check the data.")
+
+
+@dataclasses.dataclass
+class FitResult:
+    state: Any
+    history: list[dict]          # the rows written this run (train and eval)
+    start_step: int              # the step this run resumed from (0 for a fresh run)
+    steps_per_s: float           # wall-clock rate incl. data loading; excludes compile, eval, checkpoints
+    compile_s: float
+    preempted: bool = False
+    last_eval: dict | None = None
+
+
+class _SigtermFlag:
+    """Turns SIGTERM into a flag the loop polls, restoring the previous handler on exit."""
+
+    def __init__(self):
+        self.raised = False
+        self._previous = None
+
+    def __enter__(self):
+        try:
+            self._previous = signal.signal(signal.SIGTERM, self._handle)
+        except ValueError:  # not the main thread: preemption handling is the caller's
+            self._previous = None
+        return self
+
+    def _handle(self, signum, frame):
+        self.raised = True
+
+    def __exit__(self, *exc):
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
+
+
+def fit(state: Any, train_step: Callable, train_iter: Iterator, *, num_steps: int, workdir: str,
+        eval_fn: Callable[[Any], dict] | None = None, eval_every: int = 0, checkpoint_every: int = 0,
+        keep_checkpoints: int = 3, log_every: int = 50, progress: bool = True,
+        on_eval: Callable[[int, dict], bool | None] | None = None, desc: str = "train") -> FitResult:
+    """Train `state` to `num_steps` total steps.
+
+    `train_iter` yields batches and has grain's `get_state()`/`set_state()`. `eval_fn(params) -> dict`
+    runs every `eval_every` steps and at the end; `on_eval(step, metrics)` returning True stops early.
+    """
+    os.makedirs(workdir, exist_ok=True)
+    ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), keep=keep_checkpoints)
+    start = 0
+    if ckpt.latest_step() is not None:
+        state, data_state, start = ckpt.restore(state)
+        if data_state:
+            train_iter.set_state(data_state)
+        print(f"[{desc}] resumed from checkpoint at step {start} in {ckpt.directory}", flush=True)
+    writer = MetricWriter(workdir, resume_step=start)
+    bar = Progress(num_steps, initial=start, desc=desc, enabled=progress)
+    history: list[dict] = []
+    pending: list[tuple[int, dict]] = []
+    last_saved = ckpt.latest_step()
+    compile_s, overhead, train_time, t_train = 0.0, 0.0, 0.0, time.perf_counter()
+    last_eval = None
+    step = start
+
+    def flush() -> None:
+        """Fetch pending per-step metrics, check the losses, write one averaged row."""
+        nonlocal pending
+        if not pending:
+            return
+        rows = jax.device_get([m for _, m in pending])
+        for (s, _), m in zip(pending, rows):
+            loss = float(np.asarray(m["loss"]))
+            if not math.isfinite(loss):
+                writer.write(s, {"loss": loss})
+                raise NonFiniteLossError(s, loss, last_saved)
+        row = mean_rows({k: float(np.asarray(v)) for k, v in m.items()} for m in rows)
+        writer.write(pending[-1][0], row)
+        history.append({"step": pending[-1][0], **row})
+        bar.update(pending[-1][0], loss=row["loss"])
+        pending = []
+
+    def save(s: int) -> None:
+        nonlocal last_saved
+        flush()
+        ckpt.save(s, state, train_iter.get_state())
+        last_saved = s
+
+    def run_eval(s: int) -> bool:
+        nonlocal last_eval
+        flush()
+        metrics = eval_fn(state.params)
+        row = {f"eval_{k}": v for k, v in metrics.items()}
+        writer.write(s, row)
+        history.append({"step": s, **row})
+        last_eval = metrics
+        return bool(on_eval(s, metrics)) if on_eval is not None else False
+
+    try:
+        with _SigtermFlag() as sigterm:
+            preempted = stopped = False
+            while step < num_steps:
+                batch = next(train_iter)
+                if step == start:  # ahead-of-time compile, timed on its own
+                    t0 = time.perf_counter()
+                    train_step = train_step.lower(state, batch).compile() \
+                        if hasattr(train_step, "lower") else train_step
+                    compile_s = time.perf_counter() - t0
+                    t_train = time.perf_counter()
+                state, metrics = train_step(state, batch)
+                step += 1
+                pending.append((step, metrics))
+                due_eval = eval_fn is not None and eval_every and step % eval_every == 0 and step < num_steps
+                due_save = checkpoint_every and step % checkpoint_every == 0
+                if step % log_every == 0 or step == num_steps or due_eval or due_save:
+                    flush()  # waits for the step: counted as training time
+                t0 = time.perf_counter()
+                if due_eval:
+                    stopped = run_eval(step)
+                if due_save:
+                    save(step)
+                overhead += time.perf_counter() - t0
+                if sigterm.raised or stopped:
+                    flush()
+                    train_time = time.perf_counter() - t_train - overhead
+                if sigterm.raised:
+                    preempted = True
+                    print(f"[{desc}] SIGTERM at step {step}: saving a checkpoint and exiting", flush=True)
+                    save(step)
+                    break
+                if stopped:
+                    print(f"[{desc}] early stop requested at step {step}", flush=True)
+                    save(step)
+                    break
+            else:
+                flush()
+                train_time = time.perf_counter() - t_train - overhead
+                if eval_fn is not None:
+                    run_eval(step)
+                if last_saved != step:
+                    save(step)
+    finally:
+        bar.close()
+        writer.close()
+        ckpt.close()
+    steps_per_s = (step - start) / train_time if step > start and train_time > 0 else float("nan")
+    return FitResult(state=state, history=history, start_step=start, steps_per_s=steps_per_s,
+                     compile_s=compile_s, preempted=preempted, last_eval=last_eval)

