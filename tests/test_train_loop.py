@@ -115,3 +115,11 @@ def test_plot_written(tmp_path):
     _fit(tmp_path, 10, eval_fn=_eval_fn, eval_every=5)
     path = plot_curves(str(tmp_path))
     assert path and os.path.getsize(path) > 1000
+
+
+def test_stop_file_ends_the_run_at_the_next_log_point(tmp_path):
+    tmp_path.mkdir(exist_ok=True)
+    (tmp_path / "STOP").write_text("")
+    result = _fit(tmp_path, 20, checkpoint_every=0)
+    assert int(result.state.step) == 5 and not result.preempted
+    assert Checkpointer(tmp_path / "checkpoints").latest_step() == 5

@@ -148,6 +148,9 @@ def main(name: str, run: Callable[..., tuple[dict, dict]], argv: list[str] | Non
         print(f"error: {e}", file=sys.stderr)
         return 2
     os.makedirs(workdir, exist_ok=True)
+    from leanjax.parallel.multihost import initialize
+
+    initialize()  # joins a TPU pod / SLURM / explicit cluster when launched in one; no-op otherwise
     config.lock()
     fn = run
     if args.audit:
@@ -164,8 +167,10 @@ def main(name: str, run: Callable[..., tuple[dict, dict]], argv: list[str] | Non
     if metrics.get("preempted"):
         print(f"preempted: checkpoint saved in {workdir}; rerun the same command to resume")
         return 0
+    # A side job on the run's workdir (e.g. --mode=eval_sidecar) must not overwrite the run's own summary.
+    filename = "summary.json" if args.mode == "train" else f"summary.{args.mode}.json"
     path = write_summary(workdir, experiment=name, config=config, metrics=metrics, headline=headline,
-                         wall_s=time.perf_counter() - t0)
+                         wall_s=time.perf_counter() - t0, filename=filename)
     print(f"summary: {path}")
     for k, v in headline.items():
         print(f"  {k}: {v:.4g}" if isinstance(v, float) else f"  {k}: {v}")

@@ -5,6 +5,7 @@
 - resumes from the newest checkpoint in `workdir` (train state, RNG and data position), so re-running
   the same command after a crash or a SIGKILL continues bit-for-bit where the last checkpoint left off;
 - SIGTERM (preemption) finishes the current step, saves, and returns with `preempted=True`;
+- a file `workdir/STOP` (an eval sidecar's early stop, or a person's) ends the run at the next log point;
 - a NaN/Inf loss stops the run with `NonFiniteLossError` naming the step; the last checkpoint saved
   before it stays the newest (a state is only ever saved after its losses were checked);
 - metrics go to `metrics.jsonl` and TensorBoard; a progress line shows steps/s and ETA.
@@ -96,6 +97,7 @@ def fit(state: Any, train_step: Callable, train_iter: Iterator, *, num_steps: in
     compile_s, overhead, train_time, t_train = 0.0, 0.0, 0.0, time.perf_counter()
     last_eval = None
     step = start
+    stop_file = os.path.join(workdir, "STOP")  # written by an eval sidecar or a person to stop early
 
     def flush() -> None:
         """Fetch pending per-step metrics, check the losses, write one averaged row."""
@@ -125,9 +127,10 @@ def fit(state: Any, train_step: Callable, train_iter: Iterator, *, num_steps: in
         flush()
         metrics = eval_fn(state.params)
         row = {f"eval_{k}": v for k, v in metrics.items()}
-        writer.write(s, row)
-        history.append({"step": s, **row})
-        last_eval = metrics
+        if row:  # an asynchronous evaluator returns {} and writes its results at their own step
+            writer.write(s, row)
+            history.append({"step": s, **row})
+            last_eval = metrics
         return bool(on_eval(s, metrics)) if on_eval is not None else False
 
     try:
@@ -148,9 +151,10 @@ def fit(state: Any, train_step: Callable, train_iter: Iterator, *, num_steps: in
                 due_save = checkpoint_every and step % checkpoint_every == 0
                 if step % log_every == 0 or step == num_steps or due_eval or due_save:
                     flush()  # waits for the step: counted as training time
+                    stopped = stopped or os.path.exists(stop_file)
                 t0 = time.perf_counter()
                 if due_eval:
-                    stopped = run_eval(step)
+                    stopped = run_eval(step) or stopped
                 if due_save:
                     save(step)
                 overhead += time.perf_counter() - t0
@@ -163,7 +167,7 @@ def fit(state: Any, train_step: Callable, train_iter: Iterator, *, num_steps: in
                     save(step)
                     break
                 if stopped:
-                    print(f"[{desc}] early stop requested at step {step}", flush=True)
+                    print(f"[{desc}] early stop requested at step {step} (by on_eval or {stop_file})", flush=True)
                     save(step)
                     break
             else:

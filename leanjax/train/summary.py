@@ -49,11 +49,11 @@ def _plain(v: Any) -> Any:
 
 
 def write_summary(workdir: str | os.PathLike, *, experiment: str, config: Any, metrics: Mapping,
-                  headline: Mapping, wall_s: float) -> str:
+                  headline: Mapping, wall_s: float, filename: str = "summary.json") -> str:
     summary = {"experiment": experiment, "config": _plain(config), "device": device_description(),
                "versions": versions(), "wall_s": round(float(wall_s), 3), "metrics": _plain(metrics),
                "headline": _plain(headline)}
-    path = os.path.join(workdir, "summary.json")
+    path = os.path.join(workdir, filename)
     with open(path, "w") as f:
         json.dump(summary, f, indent=2, sort_keys=False, default=str)
     return path
