@@ -32,6 +32,20 @@ from leanjax.train.summary import write_summary
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
+def _default_audit(run: Callable) -> Callable | None:
+    """`--audit` for an experiment whose module defines `build(config)` (see leanjax.experiments._audit)."""
+    build = getattr(sys.modules.get(run.__module__), "build", None)
+    if build is None:
+        return None
+
+    def audit(config, workdir):
+        from leanjax.experiments._audit import audit_experiment
+
+        return audit_experiment(build, config, workdir)
+
+    return audit
+
+
 class ConfigError(ValueError):
     pass
 
@@ -154,10 +168,11 @@ def main(name: str, run: Callable[..., tuple[dict, dict]], argv: list[str] | Non
     config.lock()
     fn = run
     if args.audit:
-        if audit is None:
-            print(f"error: experiment {name} has no --audit mode", file=sys.stderr)
+        fn = audit or _default_audit(run)
+        if fn is None:
+            print(f"error: experiment {name} has no --audit mode (no audit= and no build(config))",
+                  file=sys.stderr)
             return 2
-        fn = audit
     t0 = time.perf_counter()
     try:
         metrics, headline = fn(config, workdir, mode=args.mode) if args.mode != "train" else fn(config, workdir)
@@ -167,8 +182,9 @@ def main(name: str, run: Callable[..., tuple[dict, dict]], argv: list[str] | Non
     if metrics.get("preempted"):
         print(f"preempted: checkpoint saved in {workdir}; rerun the same command to resume")
         return 0
-    # A side job on the run's workdir (e.g. --mode=eval_sidecar) must not overwrite the run's own summary.
-    filename = "summary.json" if args.mode == "train" else f"summary.{args.mode}.json"
+    # A side job on the run's workdir (an audit, an eval sidecar) must not overwrite the run's own summary.
+    mode = "audit" if args.audit else args.mode
+    filename = "summary.json" if mode == "train" else f"summary.{mode}.json"
     path = write_summary(workdir, experiment=name, config=config, metrics=metrics, headline=headline,
                          wall_s=time.perf_counter() - t0, filename=filename)
     print(f"summary: {path}")

@@ -1,0 +1,155 @@
+"""The standard what-if interventions: each builds the transformed step of a `Subject` and audits it.
+
+A subject is a model's loss and serving function with its params, optimizer and one batch of each
+kind. Param-tree interventions (LoRA, QLoRA, int8/int4 weights) use `leanjax.transforms` and work on
+any subject; configuration interventions (remat policy, bf16 compute) need `Subject.rebuild`, which
+raises `Unavailable` for a model without that option. Interventions that leanjax does not have yet
+raise `Unavailable` saying so.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import optax
+
+from leanjax import transforms
+from leanjax.audit.compiled import Audit, audit_compiled
+from leanjax.audit.whatif import Unavailable, WhatIf, what_if
+from leanjax.state import TrainState
+from leanjax.step import make_train_step
+
+
+def dense_kernels(path: str, leaf: Any) -> bool:
+    """Matmul weights of Dense layers: `[in, out]` kernels, or `[layers, in, out]` when scanned."""
+    return path.endswith("kernel") and getattr(leaf, "ndim", 0) in (2, 3) and "conv" not in path
+
+
+@dataclasses.dataclass(frozen=True)
+class Subject:
+    """What the interventions transform.
+
+    `loss(params, batch, rng) -> (loss, metrics)` trains; `serve(params, batch)` answers one batch
+    of requests. `rebuild(**options)` returns the subject built with changed model options
+    (`remat=`, `scan_layers=`, `dtype=`), raising `Unavailable` for options the model lacks.
+    """
+
+    params: Any
+    loss: Callable
+    serve: Callable
+    tx: optax.GradientTransformation
+    train_batch: Any
+    serve_batch: Any
+    rebuild: Callable[..., Subject] | None = None
+    targets: Callable[[str, Any], bool] = dense_kernels
+    seed: int = 0
+
+
+def audit_train(subject: Subject, name: str, params: Any = None, *, freeze_plain: bool = False,
+                **audit_kw) -> Audit:
+    """The audited train step on `params` (default: the subject's), typed weights allowed.
+
+    Adapters train; with `freeze_plain` the plain arrays (biases, norms) are frozen too.
+    """
+    params = subject.params if params is None else params
+    mask = transforms.trainable(params, freeze_plain=freeze_plain)
+    state = TrainState.create(params, subject.tx, jax.random.key(subject.seed), trainable=mask)
+    step = make_train_step(transforms.apply(subject.loss), subject.tx, trainable=mask)
+    return audit_compiled(step, state, subject.train_batch, name=name, **audit_kw)
+
+
+def audit_serve(subject: Subject, name: str, params: Any = None, **audit_kw) -> Audit:
+    """The audited serving step: one batch of requests through `subject.serve`."""
+    params = subject.params if params is None else params
+    return audit_compiled(transforms.apply(subject.serve), params, subject.serve_batch, name=name, **audit_kw)
+
+
+def _lora_params(subject: Subject, rank: int, base: Any = None) -> Any:
+    key = jax.random.key(subject.seed)
+    return transforms.lora(subject.params if base is None else base, subject.targets, rank=rank, key=key)
+
+
+def _group_size(subject: Subject, group: int) -> int | None:
+    """`group` if it divides every targeted kernel's input axis, else per-channel scales."""
+    fan_ins = [leaf.shape[-2] for path, leaf in transforms.leaves_with_paths(subject.params)
+               if subject.targets(path, leaf)]
+    return group if fan_ins and all(n % group == 0 for n in fan_ins) else None
+
+
+def lora(subject: Subject, rank: int = 8, **audit_kw) -> Audit:
+    """Train rank-`rank` adapters on the frozen matmul weights."""
+    return audit_train(subject, f"lora r={rank}", _lora_params(subject, rank), freeze_plain=True, **audit_kw)
+
+
+def qlora(subject: Subject, rank: int = 8, group: int = 64, **audit_kw) -> Audit:
+    """LoRA over NF4 matmul weights (blocks of `group` when they divide the input axis)."""
+    base = transforms.quantize(subject.params, subject.targets, bits=4, scheme="nf4",
+                               group_size=_group_size(subject, group))
+    params = _lora_params(subject, rank, base)
+    return audit_train(subject, f"qlora r={rank}", params, freeze_plain=True, **audit_kw)
+
+
+def _rebuilt(subject: Subject, **options) -> Subject:
+    if subject.rebuild is None:
+        raise Unavailable("this subject cannot be rebuilt with other model options")
+    return subject.rebuild(**options)
+
+
+def remat(subject: Subject, policy: str, **audit_kw) -> Audit:
+    """Train with blocks scanned and rematerialised under `policy` (see leanjax.models.remat)."""
+    # Remat bounds memory only inside a scan over blocks; on unrolled layers XLA undoes it.
+    return audit_train(_rebuilt(subject, remat=policy, scan_layers=True), f"remat {policy}", **audit_kw)
+
+
+def bf16(subject: Subject, **audit_kw) -> Audit:
+    """Train with bfloat16 compute (params stay in their storage dtype)."""
+    return audit_train(_rebuilt(subject, dtype="bfloat16"), "bf16 compute", **audit_kw)
+
+
+def quantized_serving(subject: Subject, bits: int, **audit_kw) -> Audit:
+    """Serve with `bits`-bit matmul weights (int8 per channel, or int4 in blocks of 64)."""
+    group = _group_size(subject, 64) if bits == 4 else None
+    params = transforms.quantize(subject.params, subject.targets, bits=bits, group_size=group)
+    return audit_serve(subject, f"int{bits} weights", params, **audit_kw)
+
+
+def pruning(subject: Subject, **audit_kw) -> Audit:
+    raise Unavailable("leanjax has no pruning transform yet")
+
+
+def distilled_student(subject: Subject, **audit_kw) -> Audit:
+    raise Unavailable("leanjax has no distillation loss yet")
+
+
+def _unless_unchanged(row: WhatIf, baseline: Audit) -> WhatIf:
+    """A row that compiles to the baseline's program: the option does nothing for this model."""
+    if row.audit is not None and row.audit.hlo == baseline.hlo and row.audit.memory == baseline.memory:
+        return WhatIf(row.name, unavailable="no effect on this model: the compiled step is unchanged")
+    return row
+
+
+def train_what_ifs(subject: Subject, baseline: Audit, *, remat_policies=("dots", "nothing"),
+                   **audit_kw) -> list[WhatIf]:
+    """The train-step rows: LoRA, QLoRA, remat policies, bf16, pruning, a distilled student."""
+    rows = [
+        what_if("lora r=8", lambda: lora(subject, **audit_kw)),
+        what_if("qlora r=8 (nf4)", lambda: qlora(subject, **audit_kw)),
+        *(what_if(f"remat {p}", lambda p=p: remat(subject, p, **audit_kw)) for p in remat_policies),
+        what_if("bf16 compute", lambda: bf16(subject, **audit_kw)),
+        what_if("pruning", lambda: pruning(subject, **audit_kw)),
+        what_if("distilled student", lambda: distilled_student(subject, **audit_kw)),
+    ]
+    return [_unless_unchanged(row, baseline) for row in rows]
+
+
+def serve_what_ifs(subject: Subject, **audit_kw) -> list[WhatIf]:
+    """The serving rows: int8 and int4 weights."""
+    return [what_if(f"int{b} weights", lambda b=b: quantized_serving(subject, b, **audit_kw)) for b in (8, 4)]
+
+
+def requests_per_step(subject: Subject) -> int:
+    """Requests one serving step answers: the serving batch's size."""
+    return jax.tree.leaves(subject.serve_batch)[0].shape[0]

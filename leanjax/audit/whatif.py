@@ -1,0 +1,78 @@
+"""What-if rows: the same step after one intervention, each row an audit of the transformed step.
+
+An intervention (LoRA, a remat policy, int8 serving...) is a function that builds the transformed
+step and audits it; one that cannot be built for this step, or is not built yet, raises
+`Unavailable` and becomes a row that says why. Predictions are therefore compiled programs, not
+formulas: memory from `memory_analysis()`, FLOPs from the compiled HLO, time measured.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from leanjax.audit import table
+from leanjax.audit.compiled import Audit
+from leanjax.audit.prices import PriceTable
+
+
+class Unavailable(Exception):
+    """This intervention cannot be applied to this step (yet); the message says why."""
+
+
+@dataclasses.dataclass(frozen=True)
+class WhatIf:
+    """One intervention: its audit, or the reason it has none."""
+
+    name: str
+    audit: Audit | None = None
+    unavailable: str | None = None
+
+    def __post_init__(self):
+        if (self.audit is None) == (self.unavailable is None):
+            raise ValueError(f"what-if {self.name!r}: give exactly one of audit and unavailable")
+
+    def priced(self, prices: PriceTable, **kwargs) -> WhatIf:
+        """This row with its audit priced (`Audit.priced`); an unavailable row stays as it is."""
+        return dataclasses.replace(self, audit=self.audit.priced(prices, **kwargs)) if self.audit else self
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "unavailable": self.unavailable,
+                "audit": self.audit.to_dict() if self.audit else None}
+
+
+def what_if(name: str, build: Callable[[], Audit]) -> WhatIf:
+    """Runs `build` (transform the step, then `audit_compiled` it); `Unavailable` becomes a row."""
+    try:
+        return WhatIf(name, build())
+    except Unavailable as why:
+        return WhatIf(name, unavailable=str(why))
+
+
+def what_if_table(baseline: Audit, rows: Sequence[WhatIf]) -> str:
+    """Peak memory, FLOPs, step time and dollars of each row, and their ratios to `baseline`."""
+
+    def cost(a: Audit) -> float | None:
+        if a.dollars is None:
+            return None
+        return a.dollars.per_run if a.dollars.per_run is not None else a.dollars.per_1k_requests
+
+    unit = "$ / run" if baseline.dollars and baseline.dollars.per_run is not None else "$ / 1k req"
+    header = ["intervention", "peak memory", "", "FLOPs", "", "step time", "", unit, ""]
+    base_t = baseline.timing.median_s if baseline.timing else None
+    body, missing = [], []
+    for row in [WhatIf("baseline", baseline), *rows]:
+        a = row.audit
+        if a is None:
+            missing.append(f"{row.name}: unavailable: {row.unavailable}")
+            continue
+        t = a.timing.median_s if a.timing else None
+        body.append([
+            row.name,
+            table.size(a.memory.peak), table.ratio(a.memory.peak, baseline.memory.peak),
+            table.si(a.flops, "FLOP"), table.ratio(a.flops, baseline.flops),
+            table.seconds(t), table.ratio(t, base_t),
+            table.dollars(cost(a)), table.ratio(cost(a), cost(baseline)),
+        ])
+    return "\n".join([table.grid(header, body), *missing])
