@@ -1,0 +1,236 @@
+"""Experiment `tune`: random search vs TPE vs TPE+Hyperband at equal budgets, and vmapped populations.
+
+Every trial trains the MNIST-5k CNN from `seed + trial number` for up to `num_steps` steps with its
+sampled learning rate and weight decay (injected optimizer hyperparameters: the whole experiment compiles
+one train step) and is scored by accuracy on a held-out 500 of the training digits. Compute is training
+steps summed over trials. For each study seed, the target is random search's final best; the headline
+reports how many steps each method spent before first reaching it.
+
+Studies live in `config.storage` (SQLite in the workdir by default), so a crashed run resumes without
+repeating finished trials, and the same command started N times against one storage runs N workers.
+
+The population part trains N trials as one vmapped program (`leanjax.tune.population`), each reported as
+an Optuna trial, then the same N trials one after another, and reports the time ratio, on the tuned CNN
+and on a larger one that fills the CPU better.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import jax
+import matplotlib
+import numpy as np
+import optuna
+from flax import nnx
+
+from leanjax import data, losses, tune
+from leanjax.experiments import _launch
+from leanjax.models import CNN, functional
+from leanjax.optim import make_optimizer
+from leanjax.state import TrainState
+from leanjax.step import evaluate, make_eval_step, make_train_step
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+# Search-space names -> the optimizer's injected hyperparameters. The optimizer's base learning rate is 1,
+# so the injected scale *is* the peak learning rate.
+INJECTED = {"learning_rate": "learning_rate_scale", "weight_decay": "weight_decay"}
+
+
+@dataclass(frozen=True)
+class Task:
+    init: Callable[[dict, int], TrainState]   # (sampled params, seed) -> state
+    step_fn: Callable                          # unjitted train step
+    train_step: Callable                       # jitted, donated
+    eval_step_fn: Callable                     # unjitted eval step
+    evaluate: Callable[[Any], dict]            # params -> validation metrics
+    batches: Callable[[], Any]                 # a fresh training iterator (same order for every trial)
+    val: list
+
+
+def validation_split(source, size: int, seed: int) -> tuple[data.ArraySource, data.ArraySource]:
+    """A random held-out slice of `source` (MNIST-5k's train split is sorted by label, so a plain
+    `train[85%:]` slice would hold two classes); trials are scored on it, never on the test split."""
+    examples = [source[i] for i in range(len(source))]
+    arrays = {k: np.stack([np.asarray(e[k]) for e in examples]) for k in examples[0]}
+    order = np.random.default_rng(seed).permutation(len(examples))
+    return (data.ArraySource({k: v[order[size:]] for k, v in arrays.items()}),
+            data.ArraySource({k: v[order[:size]] for k, v in arrays.items()}))
+
+
+def make_task(config, *, features, dense, batch_size: int, num_steps: int) -> Task:
+    def model(seed):
+        return CNN(10, features=tuple(features), dense=dense, dropout=config.cnn.dropout, image_size=28,
+                   rngs=nnx.Rngs(seed))
+
+    apply_fn, _ = functional(nnx.eval_shape(lambda: model(jax.random.key(0))))  # the graph only
+    tx = make_optimizer("adamw", learning_rate=1.0, total_steps=num_steps, warmup_steps=config.warmup_steps)
+    step_fn = make_train_step(losses.classification_loss(apply_fn, inputs="image"), tx, jit=False)
+    eval_step_fn = make_eval_step(losses.classification_metrics(apply_fn, inputs="image"), jit=False)
+    eval_step = jax.jit(eval_step_fn)
+    train_src, val_src = validation_split(data.load("mnist5k", "train"), config.val_size, config.seed)
+    val = list(data.eval_batches(val_src, config.eval_batch_size))
+
+    # Jitted, so a trial's initialisation is one compiled call rather than dozens of eager ops.
+    init_params = jax.jit(lambda seed: functional(model(jax.random.key(seed)))[1])
+
+    def init(params, seed):
+        state = TrainState.create(init_params(seed), tx, jax.random.key(seed))
+        return tune.set_hyperparams(state, **{INJECTED[k]: v for k, v in params.items()})
+
+    return Task(init=init, step_fn=step_fn, train_step=jax.jit(step_fn, donate_argnums=(0,)),
+                eval_step_fn=eval_step_fn, evaluate=lambda p: evaluate(eval_step, p, val),
+                batches=lambda: data.batches(train_src, batch_size=batch_size, seed=config.seed), val=val)
+
+
+def _method(name: str) -> tuple[str, str]:
+    sampler, _, pruner = name.partition("_")
+    return sampler, pruner or "none"
+
+
+def run_studies(config, storage, task: Task) -> dict[str, list[list]]:
+    """Run (or join, or resume) every method x seed study; return each study's finished trials."""
+    key = config.objective
+
+    def objective(trial, params):
+        result = tune.train_trial(task.init(params, config.seed + trial.number), task.train_step,
+                                  task.batches(), num_steps=config.num_steps, eval_fn=task.evaluate,
+                                  eval_every=config.eval_every, report=tune.pruning_reporter(trial, key))
+        return result.metrics[key], result.steps, result.stopped
+
+    out = {}
+    for method in config.methods:
+        sampler, pruner = _method(method)
+        out[method] = []
+        for seed in config.study_seeds:
+            study = tune.open_study(
+                f"{config.study_name}-{method}-s{seed}", storage, sampler=sampler, pruner=pruner, seed=seed,
+                min_resource=config.eval_every, max_resource=config.num_steps,
+                reduction_factor=config.reduction_factor, n_startup_trials=config.n_startup_trials,
+                worker=config.worker)
+            t0 = time.perf_counter()
+            ran = tune.run_worker(study, objective, space=dict(config.space), n_trials=config.n_trials,
+                                  heartbeat_interval=config.heartbeat_interval, grace_period=config.grace_period)
+            print(f"[tune] {method} seed {seed}: {len(ran)} trials here in {time.perf_counter() - t0:.0f}s, "
+                  f"best {study.best_value:.4f}", flush=True)
+            out[method].append(tune.finished(study))
+    return out
+
+
+def compare(studies: dict[str, list[list]], baseline: str = "random") -> tuple[dict, dict]:
+    """Per method: mean best, and mean steps to reach the baseline's final best of the same seed."""
+    metrics, headline = {}, {}
+    targets = [max(t.value for t in trials if t.state == optuna.trial.TrialState.COMPLETE)
+               for trials in studies[baseline]]
+    for method, per_seed in studies.items():
+        bests = [max(t.value for t in trials if t.state == optuna.trial.TrialState.COMPLETE) for trials in per_seed]
+        totals = [tune.best_so_far(trials)[-1][0] for trials in per_seed]
+        to_target = [tune.compute_to_target(trials, target) for trials, target in zip(per_seed, targets)]
+        # A seed that never reaches the target is charged its whole budget: the mean is then a lower bound.
+        charged = [s if s is not None else total for s, total in zip(to_target, totals)]
+        metrics[method] = dict(best=bests, total_steps=totals, compute_to_target=to_target,
+                               reached_target=sum(s is not None for s in to_target),
+                               pruned=[sum(t.state == optuna.trial.TrialState.PRUNED for t in trials)
+                                       for trials in per_seed])
+        headline[f"{method}.best"] = float(np.mean(bests))
+        headline[f"{method}.compute_to_target"] = float(np.mean(charged))
+    metrics["targets"] = targets
+    return metrics, headline
+
+
+def plot_history(studies: dict[str, list[list]], path: str) -> None:
+    fig, ax = plt.subplots(figsize=(6, 3.6), dpi=90)
+    for color, (method, per_seed) in zip(("tab:gray", "tab:blue", "tab:red", "tab:green"), studies.items()):
+        for i, trials in enumerate(per_seed):
+            points = [(s, b) for s, b in tune.best_so_far(trials) if b is not None]
+            ax.step(*zip(*points), where="post", color=color, alpha=0.8, lw=1.2, label=method if i == 0 else None)
+    ax.set_xscale("log")
+    ax.set_xlabel("training steps summed over trials")
+    ax.set_ylabel("best validation accuracy so far")
+    ax.set_title("optimisation history (one line per study seed)")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def population_benchmark(config, storage, name: str, *, features, dense, batch_size: int,
+                         num_steps: int) -> dict:
+    """The same N trials as one vmapped population (Optuna trials) and one after another; times both."""
+    n, key = config.population.n, config.objective
+    task = make_task(config, features=features, dense=dense, batch_size=batch_size, num_steps=num_steps)
+    pop_step = tune.make_population_step(task.step_fn)
+    pop_eval_fn = tune.make_population_eval(task.eval_step_fn)
+    eval_every = min(config.eval_every, num_steps)
+
+    # Compile both programs (and the eval steps) outside the timings.
+    warm = task.init({"learning_rate": 1e-3, "weight_decay": 1e-4}, 0)
+    batch = next(task.batches())
+    task.evaluate(warm.params)
+    jax.block_until_ready(task.train_step(warm, batch))
+    stacked, _ = pop_step(tune.stack([task.init({"learning_rate": 1e-3, "weight_decay": 1e-4}, i)
+                                      for i in range(n)]), batch)
+    pop_eval_fn(stacked.params, task.val)
+
+    study = optuna.create_study(study_name=name, storage=storage, direction="maximize", load_if_exists=True,
+                                sampler=optuna.samplers.RandomSampler(seed=config.seed))
+    t0 = time.perf_counter()
+    result = tune.optimize_population(
+        study, space=dict(config.space), n=n, init_state=lambda p, i: task.init(p, config.seed + i),
+        pop_step=pop_step, batches=task.batches(), num_steps=num_steps,
+        eval_fn=lambda params: pop_eval_fn(params, task.val), eval_every=eval_every, key=key,
+        heartbeat_interval=config.heartbeat_interval)
+    jax.block_until_ready(result.states)
+    vmapped_s = time.perf_counter() - t0
+
+    trials = sorted(study.trials, key=lambda t: t.number)[-n:]
+    t0 = time.perf_counter()
+    sequential = [tune.train_trial(task.init(t.params, config.seed + i), task.train_step, task.batches(),
+                                   num_steps=num_steps, eval_fn=task.evaluate, eval_every=eval_every)
+                  for i, t in enumerate(trials)]
+    jax.block_until_ready([r.state for r in sequential])
+    sequential_s = time.perf_counter() - t0
+    return dict(n=n, num_steps=num_steps, batch_size=batch_size, features=list(features), dense=dense,
+                vmapped_s=vmapped_s, sequential_s=sequential_s, speedup=sequential_s / vmapped_s,
+                max_abs_metric_diff=max(abs(r.metrics[key] - m[key]) for r, m in zip(sequential, result.metrics)))
+
+
+def run(config, workdir):
+    unknown = sorted(set(config.space) - set(INJECTED))
+    if unknown:
+        raise _launch.ConfigError(f"config.space: {unknown} are not injected optimizer hyperparameters; "
+                                  f"this experiment searches {sorted(INJECTED)}")
+    if "random" not in config.methods:
+        raise _launch.ConfigError("config.methods must include 'random': it sets the compute-to-target goal")
+    storage = tune.open_storage(tune.storage_url(config.storage, workdir),
+                                heartbeat_interval=config.heartbeat_interval, grace_period=config.grace_period)
+    task = make_task(config, features=config.cnn.features, dense=config.cnn.dense,
+                     batch_size=config.batch_size, num_steps=config.num_steps)
+    studies = run_studies(config, storage, task)
+    metrics, headline = compare(studies)
+    plot_history(studies, f"{workdir}/history.png")
+
+    small = population_benchmark(config, storage, f"{config.study_name}-population", features=config.cnn.features,
+                                 dense=config.cnn.dense, batch_size=config.batch_size,
+                                 num_steps=config.population.num_steps)
+    p = config.population
+    large = population_benchmark(config, storage, f"{config.study_name}-population-large",
+                                 features=p.large_features, dense=p.large_dense,
+                                 batch_size=p.large_batch_size, num_steps=p.large_num_steps)
+    metrics["population"] = {"small": small, "large": large}
+    headline = {k: headline[k] for k in ("random.best", "tpe.best", "tpe_hyperband.best",
+                                         "tpe_hyperband.compute_to_target", "random.compute_to_target")
+                if k in headline}
+    headline["speedup_vs_random"] = headline["random.compute_to_target"] / headline["tpe_hyperband.compute_to_target"]
+    headline["population.speedup"] = small["speedup"]
+    headline["population.n"] = small["n"]
+    return metrics, headline
+
+
+if __name__ == "__main__":
+    raise SystemExit(_launch.main("tune", run))
