@@ -23,13 +23,40 @@ from leanjax.data.tokenizers import (
     text_classification_source,
 )
 
+from leanjax.data.curriculum import (
+    CurriculumSampler,
+    competence,
+    difficulty_order,
+    length_schedule,
+    random_order,
+    split_windows,
+)
+from leanjax.data.sampling import (
+    infobatch_plan,
+    plan_batches,
+    random_subset,
+    select_by_score,
+    semantic_dedup,
+)
+
 __all__ = [
     "ArraySource",
     "CharVocab",
+    "CurriculumSampler",
     "DatasetNotFoundError",
     "LMWindows",
     "MissingAssetError",
     "asset_path",
+    "competence",
+    "difficulty_order",
+    "infobatch_plan",
+    "length_schedule",
+    "plan_batches",
+    "random_order",
+    "random_subset",
+    "select_by_score",
+    "semantic_dedup",
+    "split_windows",
     "batches",
     "data_dir",
     "encode_batch",

@@ -1,0 +1,232 @@
+"""Experiment `curriculum`: does ordering the data speed up convergence? Always against random order.
+
+Two tasks, each over several seeds, every arm seeing the same number of examples (or tokens) per step:
+
+- `mnist`: an MLP on MNIST-5k. Difficulty is a reference model's per-example score (`score_source`
+  after a short proxy run); `curriculum` samples easiest-first under a pacing function (Platanios et
+  al. 2019, arXiv:1903.09848), `anti` hardest-first under the same pacing, `random` uniformly.
+- `lm`: a char Transformer on Shakespeare. `length_warmup` (Li et al. 2022, arXiv:2108.06084) trains on
+  the random arm's very batches cut into shorter windows (32 -> 64 -> 128 tokens: as many tokens per
+  step, three compiled shapes, counted); `loss_curriculum` samples windows easiest-first by a proxy
+  model's loss.
+
+Steps to target: the first evaluation at which an arm reaches the target (by default the worst final
+metric of the random seeds, so every random seed reaches it); speedup = random steps / curriculum steps
+per seed (0 when the curriculum never reaches the target). Wall time counts compilation: each arm has its
+own jitted step (shared by its seeds), so `compiles` is what that arm costs the compiler. The arms need
+per-step shapes and samplers that `fit` does not have, so this module runs a short loop of its own (no
+checkpoints: each run takes seconds to minutes).
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from leanjax import data, losses
+from leanjax.data.curriculum import (CurriculumSampler, difficulty_order, length_schedule, random_order,
+                                     split_windows)
+from leanjax.data.scores import score_source
+from leanjax.experiments import _launch
+from leanjax.models import MLP, CausalLM, TransformerConfig, functional
+from leanjax.optim import make_optimizer
+from leanjax.state import TrainState
+from leanjax.step import evaluate, make_eval_step, make_train_step
+
+
+class _Steps:
+    """One jitted train step per arm, shared by its seeds, counting its compilations (the Python body
+    runs once per trace, i.e. once per new batch shape)."""
+
+    def __init__(self, loss_fn, tx):
+        self.loss_fn, self.tx, self.steps, self.compiles = loss_fn, tx, {}, {}
+
+    def __call__(self, arm):
+        if arm not in self.steps:
+            inner = make_train_step(self.loss_fn, self.tx, jit=False)
+            self.compiles[arm] = 0
+
+            def step(state, batch):
+                self.compiles[arm] += 1
+                return inner(state, batch)
+
+            self.steps[arm] = jax.jit(step, donate_argnums=0)
+        return self.steps[arm]
+
+
+def _train(step_fn, params, tx, seed, next_batch, num_steps, eval_fn, eval_every):
+    """Train from `params`; return the final state, the eval curve [(step, metric)] and the wall time."""
+    state = TrainState.create(jax.tree.map(jnp.copy, params), tx, jax.random.key(seed))
+    curve, t0 = [], time.perf_counter()
+    for s in range(num_steps):
+        state, _ = step_fn(state, next_batch(s))
+        if (s + 1) % eval_every == 0 or s + 1 == num_steps:
+            curve.append((s + 1, eval_fn(state.params)))
+    return state, curve, time.perf_counter() - t0
+
+
+def _steps_to_target(curve, target, higher_is_better):
+    hit = [s for s, m in curve if (m >= target if higher_is_better else m <= target)]
+    return hit[0] if hit else None
+
+
+def _mnist(c, seeds):
+    train, test = data.load("mnist5k", "train"), data.load("mnist5k", "test")
+    train = data.ArraySource({k: np.stack([train[i][k] for i in range(len(train))]) for k in ("image", "label")})
+
+    def model(seed):
+        return functional(MLP(784, tuple(c.hidden), 10, dropout=c.dropout, rngs=nnx.Rngs(seed)))
+
+    apply_fn, _ = model(0)
+    loss_fn = losses.classification_loss(apply_fn)
+    eval_step = make_eval_step(losses.classification_metrics(apply_fn))
+    eval_fn = lambda p: evaluate(eval_step, p, data.eval_batches(test, 500))["accuracy"]  # noqa: E731
+    tx = make_optimizer("adamw", learning_rate=c.learning_rate, total_steps=c.num_steps, warmup_steps=0)
+    steps = _Steps(loss_fn, tx)
+
+    # Difficulty: a proxy model trained briefly in random order, then scored on every training example.
+    _, ref_params = model(10_000)
+    ref_it = data.batches(train, batch_size=c.batch_size, seed=10_000)
+    ref_state, *_ = _train(steps("random"), ref_params, tx, 10_000, lambda s: next(ref_it), c.ref_steps,
+                           eval_fn, c.ref_steps)
+    difficulty = score_source(lambda p, b: apply_fn(p, b["image"]), ref_state.params, train,
+                              batch_size=500)[c.score]
+    orders = {"random": lambda seed: (random_order(len(train), seed), "none"),
+              "curriculum": lambda seed: (difficulty_order(difficulty), c.pacing),
+              "anti": lambda seed: (difficulty_order(difficulty, anti=True), c.pacing)}
+    runs = {}
+    for arm, seed in itertools.product(c.arms, seeds):
+        order, pacing = orders[arm](seed)
+        sampler = CurriculumSampler(train, order, batch_size=c.batch_size, total_steps=c.pacing_steps,
+                                    seed=seed, pacing=pacing, c0=c.c0)
+        _, params = model(seed)
+        runs.setdefault(arm, []).append(_train(steps(arm), params, tx, seed, lambda s: next(sampler),
+                                               c.num_steps, eval_fn, c.eval_every)[1:])
+    return runs, steps.compiles, True, {"score": c.score, "reference_steps": c.ref_steps}
+
+
+def _lm(c, seeds):
+    full = data.lm_source("shakespeare", "train", seq_len=c.seq_len)
+    pool = np.random.default_rng(0).choice(len(full), min(c.train_windows, len(full)), replace=False)
+    train = data.ArraySource({k: np.stack([full[int(i)][k] for i in pool]) for k in ("inputs", "targets")})
+    valid = data.lm_source("shakespeare", "validation", seq_len=c.seq_len)
+
+    def model(seed):
+        return functional(CausalLM(TransformerConfig(
+            vocab_size=full.vocab_size, hidden_size=c.hidden_size, num_layers=c.num_layers,
+            num_heads=c.num_heads, intermediate_size=4 * c.hidden_size, max_position_embeddings=c.seq_len,
+            type_vocab_size=0, dropout=0.0, causal=True), rngs=nnx.Rngs(seed)))
+
+    apply_fn, _ = model(0)
+    loss_fn = losses.lm_loss(apply_fn)
+    eval_step = make_eval_step(losses.lm_metrics(apply_fn))
+    eval_fn = lambda p: evaluate(  # noqa: E731
+        eval_step, p, itertools.islice(data.eval_batches(valid, c.batch_size), c.eval_batches))["loss"]
+    tx = make_optimizer("adamw", learning_rate=c.learning_rate, total_steps=c.num_steps,
+                        warmup_steps=c.warmup_steps)
+    buckets = tuple(c.buckets)
+    steps = _Steps(loss_fn, tx)
+
+    _, ref_params = model(10_000)
+    ref_it = data.batches(train, batch_size=c.batch_size, seed=10_000)
+    ref_state, *_ = _train(steps("random"), ref_params, tx, 10_000, lambda s: next(ref_it), c.ref_steps,
+                           eval_fn, c.ref_steps)
+    difficulty = score_source(lambda p, b: apply_fn(p, b["inputs"]), ref_state.params, train,
+                              batch_size=4 * c.batch_size, label_key="targets")["loss"]
+
+    def feeder(arm, seed):
+        if arm == "loss_curriculum":
+            sampler = CurriculumSampler(train, difficulty_order(difficulty), batch_size=c.batch_size,
+                                        total_steps=c.pacing_steps, seed=seed, pacing=c.pacing, c0=c.c0)
+            return lambda s: {k: v for k, v in next(sampler).items() if k != "index"}
+        it = data.batches(train, batch_size=c.batch_size, seed=seed)
+        if arm == "random":
+            return lambda s: next(it)
+        if arm == "length_warmup":
+            return lambda s: split_windows(next(it), length_schedule(s, c.length_warmup_steps, buckets))
+        raise ValueError(f"unknown lm arm {arm!r}: use random, length_warmup, loss_curriculum")
+
+    runs = {}
+    for arm, seed in itertools.product(c.arms, seeds):
+        _, params = model(seed)
+        runs.setdefault(arm, []).append(_train(steps(arm), params, tx, seed, feeder(arm, seed), c.num_steps,
+                                               eval_fn, c.eval_every)[1:])
+    return runs, steps.compiles, False, {"buckets": list(buckets), "train_windows": len(train),
+                         "tokens_per_step": c.batch_size * c.seq_len}
+
+
+def _summarise(runs, compiles, higher_is_better, target):
+    """Per-arm figures against the random arm, seed by seed."""
+    finals = {arm: [curve[-1][1] for curve, _ in rs] for arm, rs in runs.items()}
+    if not target:
+        target = (min if higher_is_better else max)(finals["random"])
+    base = [_steps_to_target(curve, target, higher_is_better) for curve, _ in runs["random"]]
+    out = {"target": target}
+    for arm, rs in runs.items():
+        steps = [_steps_to_target(curve, target, higher_is_better) for curve, _ in rs]
+        speedups = [b / s if s and b else 0.0 for b, s in zip(base, steps)]
+        reached = [s for s in steps if s]
+        out[arm] = {
+            "steps_to_target": float(np.mean(reached)) if len(reached) == len(steps) else None,
+            "steps_to_target_per_seed": steps, "speedup_mean": float(np.mean(speedups)),
+            "speedup_low": float(min(speedups)), "speedup_per_seed": speedups,
+            "final_metric": float(np.mean(finals[arm])), "final_metric_std": float(np.std(finals[arm])),
+            "final_metric_per_seed": finals[arm], "compiles": compiles[arm],
+            "wall_s": float(np.mean([w for _, w in rs]))}
+    return out
+
+
+def _plot(results, curves, path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(curves), figsize=(5.5 * len(curves), 3.8), squeeze=False)
+    for ax, (task, runs) in zip(axes[0], curves.items()):
+        for arm, rs in runs.items():
+            steps = [s for s, _ in rs[0][0]]
+            values = np.array([[m for _, m in curve] for curve, _ in rs])
+            ax.plot(steps, values.mean(0), label=arm)
+            ax.fill_between(steps, values.min(0), values.max(0), alpha=0.2)
+        ax.axhline(results[task]["target"], color="k", lw=0.8, ls="--", label="target")
+        ax.set(title=task, xlabel="step", ylabel="eval accuracy" if task == "mnist" else "eval loss")
+        if task == "lm":
+            ax.set_ylim(top=float(np.percentile(values, 90)) + 0.2)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+
+
+def run(config, workdir):
+    seeds = list(range(config.num_seeds))
+    tasks = {"mnist": lambda: _mnist(config.mnist, seeds), "lm": lambda: _lm(config.lm, seeds)}
+    results, curves = {}, {}
+    for task in config.tasks:
+        runs, compiles, higher, extra = tasks[task]()
+        results[task] = {**_summarise(runs, compiles, higher, config[task].target), **extra}
+        curves[task] = runs
+        print(f"[curriculum/{task}] " + ", ".join(
+            f"{arm}: final {results[task][arm]['final_metric']:.4f}, speedup {results[task][arm]['speedup_mean']:.2f}"
+            for arm in runs), flush=True)
+    _plot(results, curves, f"{workdir}/curves.png")
+    task, arm = config.headline.split("/")
+    chosen, base = results[task][arm], results[task]["random"]
+    headline = {"curriculum.steps_to_target": chosen["steps_to_target"],
+                "random.steps_to_target": base["steps_to_target"],
+                "speedup": chosen["speedup_mean"], "speedup_low": chosen["speedup_low"],
+                "curriculum.final_metric": chosen["final_metric"], "random.final_metric": base["final_metric"]}
+    if any(v is None or (isinstance(v, float) and math.isnan(v)) for v in headline.values()):
+        print(f"[curriculum] {config.headline} did not reach the target on every seed", flush=True)
+    return {**results, "headline_arm": config.headline, "seeds": seeds}, headline
+
+
+if __name__ == "__main__":
+    raise SystemExit(_launch.main("curriculum", run))
