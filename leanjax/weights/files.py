@@ -1,0 +1,133 @@
+"""Checkpoint files: finding them, refusing pickles, reading and streaming-writing safetensors.
+
+Format: https://github.com/huggingface/safetensors#format (8-byte little-endian header length, a JSON
+header `{name: {dtype, shape, data_offsets}}`, then the raw little-endian bytes). Reading goes through
+`safetensors.safe_open(framework="numpy")`, which maps the file and copies one tensor at a time. Writing
+is done here, tensor by tensor, because `safetensors.numpy.save_file` needs every tensor in memory at
+once (a second full copy of the model).
+
+Only safetensors are read: PyTorch `.bin`/`.pt` files are pickles, which can run arbitrary code when
+loaded, so they are refused with an error rather than unpickled.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import pathlib
+from collections.abc import Callable, Iterator, Sequence
+
+import numpy as np
+
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
+SINGLE_FILE = "model.safetensors"
+INDEX_FILE = "model.safetensors.index.json"
+
+_DTYPE_CODES = {
+    "float64": "F64", "float32": "F32", "float16": "F16", "bfloat16": "BF16",
+    "int64": "I64", "int32": "I32", "int16": "I16", "int8": "I8", "uint8": "U8", "bool": "BOOL",
+    "float8_e4m3fn": "F8_E4M3", "float8_e5m2": "F8_E5M2",
+}
+
+
+class PickleRefusedError(ValueError):
+    """A checkpoint is a pickle (PyTorch .bin/.pt); leanjax loads safetensors only."""
+
+
+class CheckpointFileError(ValueError):
+    """A safetensors file is unreadable (truncated, corrupt) or a sharded index points nowhere."""
+
+
+def refuse_pickle(path: pathlib.Path) -> None:
+    raise PickleRefusedError(
+        f"{path}: refusing to load a pickle checkpoint (unpickling runs arbitrary code). Convert it to "
+        "safetensors first, e.g. transformers' model.save_pretrained(dir, safe_serialization=True).")
+
+
+def checkpoint_files(source: str | pathlib.Path) -> list[pathlib.Path]:
+    """The safetensors files of a checkpoint directory (sharded via the index file) or a single file."""
+    path = pathlib.Path(source)
+    if path.is_file():
+        if path.suffix in PICKLE_SUFFIXES:
+            refuse_pickle(path)
+        if path.suffix != ".safetensors":
+            raise CheckpointFileError(f"{path}: not a .safetensors file")
+        return [path]
+    if (path / INDEX_FILE).is_file():
+        weight_map = json.loads((path / INDEX_FILE).read_text()).get("weight_map")
+        if not isinstance(weight_map, dict):
+            raise CheckpointFileError(f"{path / INDEX_FILE}: no 'weight_map' object")
+        shards = [path / name for name in dict.fromkeys(weight_map.values())]
+        if missing := [str(s) for s in shards if not s.is_file()]:
+            raise CheckpointFileError(f"{path / INDEX_FILE} names shards that do not exist: {missing}")
+        return shards
+    if (path / SINGLE_FILE).is_file():
+        return [path / SINGLE_FILE]
+    if pickles := sorted(p for p in path.glob("*") if p.suffix in PICKLE_SUFFIXES):
+        refuse_pickle(pickles[0])
+    raise CheckpointFileError(f"{path}: no {SINGLE_FILE} or {INDEX_FILE}")
+
+
+@contextlib.contextmanager
+def open_safetensors(path: pathlib.Path):
+    """`safe_open(path, "numpy")`, with truncated or corrupt files reported by name."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        handle = safe_open(str(path), framework="numpy")
+    except SafetensorError as e:
+        raise CheckpointFileError(f"{path}: unreadable safetensors file (truncated or corrupt?): {e}") from None
+    with handle as f:
+        yield f
+
+
+def header(path: pathlib.Path) -> dict[str, tuple[tuple[int, ...], str]]:
+    """`{name: (shape, safetensors dtype code)}` without reading any tensor data."""
+    with open_safetensors(path) as f:
+        out = {}
+        for key in f.keys():
+            s = f.get_slice(key)
+            out[key] = (tuple(s.get_shape()), s.get_dtype())
+        return out
+
+
+def write_safetensors(path: pathlib.Path, tensors: Sequence[tuple[str, tuple[int, ...], np.dtype,
+                                                                  Callable[[], np.ndarray]]],
+                      metadata: dict[str, str] | None = None) -> None:
+    """Write `(name, shape, dtype, produce)` entries, calling each `produce()` only when its turn comes.
+
+    The header is built from the declared shapes and dtypes, so at most one tensor is materialised at a
+    time; a produced array that disagrees with its declaration is an error naming it.
+    """
+    entries, offset = {}, 0
+    for name, shape, dtype, _ in tensors:
+        dtype = np.dtype(dtype)
+        if dtype.name not in _DTYPE_CODES:
+            raise ValueError(f"{name}: dtype {dtype} has no safetensors code")
+        nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+        entries[name] = {"dtype": _DTYPE_CODES[dtype.name], "shape": list(shape),
+                         "data_offsets": [offset, offset + nbytes]}
+        offset += nbytes
+    if metadata:
+        entries = {"__metadata__": metadata, **entries}
+    head = json.dumps(entries, separators=(",", ":")).encode()
+    head += b" " * (-len(head) % 8)  # the data buffer starts 8-byte aligned
+    with open(path, "wb") as out:
+        out.write(np.uint64(len(head)).astype("<u8").tobytes())
+        out.write(head)
+        for name, shape, dtype, produce in tensors:
+            array = np.asarray(produce())
+            if array.shape != tuple(shape) or array.dtype != np.dtype(dtype):
+                raise ValueError(f"{name}: produced {array.dtype}{list(array.shape)}, declared "
+                                 f"{np.dtype(dtype)}{list(shape)}")
+            little = np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<"))
+            out.write(little.reshape(-1).view(np.uint8))  # a view: no extra copy of the tensor
+
+
+def iter_tensors(files: Sequence[pathlib.Path], keys_by_file: dict[pathlib.Path, list[str]]
+                 ) -> Iterator[tuple[str, np.ndarray]]:
+    """Yield `(key, array)` for the requested keys, one tensor in memory at a time."""
+    for path in files:
+        with open_safetensors(path) as f:
+            for key in keys_by_file.get(path, ()):
+                yield key, f.get_tensor(key)
