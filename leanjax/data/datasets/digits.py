@@ -17,7 +17,7 @@ class Digits(EmbeddedBuilder, skip_registration=True):
     """sklearn digits: 20% of each class (rounded) in test, fixed."""
 
     name = "digits"
-    VERSION = tfds.core.Version("1.0.0")
+    VERSION = tfds.core.Version("1.1.0")  # 1.1.0: splits no longer grouped by class
 
     def _info(self) -> tfds.core.DatasetInfo:
         return tfds.core.DatasetInfo(
@@ -45,5 +45,6 @@ class Digits(EmbeddedBuilder, skip_registration=True):
         }
 
     def _generate_examples(self, images, labels, indices):
-        for i in indices:
-            yield int(i), {"image": images[i], "label": int(labels[i])}
+        # TFDS stores examples in key order (disable_shuffling): key by position in the split's order.
+        for key, i in enumerate(indices):
+            yield key, {"image": images[i], "label": int(labels[i])}

@@ -29,7 +29,7 @@ class Mnist5k(EmbeddedBuilder, skip_registration=True):
     """MNIST-5k: 4,000 train / 1,000 test, stratified."""
 
     name = "mnist5k"
-    VERSION = tfds.core.Version("1.0.0")
+    VERSION = tfds.core.Version("1.1.0")  # 1.1.0: splits no longer grouped by class
 
     def _info(self) -> tfds.core.DatasetInfo:
         return tfds.core.DatasetInfo(
@@ -52,5 +52,6 @@ class Mnist5k(EmbeddedBuilder, skip_registration=True):
         return {name: self._generate_examples(images, labels, idx) for name, idx in splits.items()}
 
     def _generate_examples(self, images, labels, indices):
-        for i in indices:
-            yield int(i), {"image": images[i], "label": int(labels[i])}
+        # TFDS stores examples in key order (disable_shuffling): key by position in the split's order.
+        for key, i in enumerate(indices):
+            yield key, {"image": images[i], "label": int(labels[i])}

@@ -74,7 +74,7 @@ class Tweets(EmbeddedBuilder, skip_registration=True):
     """Tweet sentiment, 3 classes: 80 / 10 / 10 train / validation / test, stratified."""
 
     name = "tweets"
-    VERSION = tfds.core.Version("1.0.0")
+    VERSION = tfds.core.Version("1.1.0")  # 1.1.0: splits no longer grouped by class
 
     def _info(self) -> tfds.core.DatasetInfo:
         return tfds.core.DatasetInfo(
@@ -100,5 +100,6 @@ class Tweets(EmbeddedBuilder, skip_registration=True):
         }
 
     def _generate_examples(self, texts, labels, confidence, indices):
-        for i in indices:
-            yield int(i), {"text": texts[i], "label": int(labels[i]), "confidence": confidence[i]}
+        # TFDS stores examples in key order (disable_shuffling): key by position in the split's order.
+        for key, i in enumerate(indices):
+            yield key, {"text": texts[i], "label": int(labels[i]), "confidence": confidence[i]}
