@@ -1,0 +1,87 @@
+"""Multi-host runs: `jax.distributed` from the environment, a data pipeline sharded by process, and
+global batches assembled from each process's rows.
+
+`initialize()` recognises a Cloud TPU VM slice or pod (the TPU runtime's environment), a SLURM job with
+more than one task (GPU clusters), and an explicit coordinator (`JAX_COORDINATOR_ADDRESS`,
+`JAX_NUM_PROCESSES`, `JAX_PROCESS_ID`); a single process needs nothing and stays single.
+
+Checkpoints need nothing extra: `leanjax.train.Checkpointer` hands global `jax.Array`s to orbax, which
+writes each process's shards and lets the primary process commit, on every host at once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import jax
+import numpy as np
+
+
+def cluster_kind(env: Mapping[str, str]) -> str | None:
+    """'explicit', 'slurm', 'tpu' or None (a single process), from environment variables."""
+    if env.get("JAX_COORDINATOR_ADDRESS"):
+        return "explicit"
+    if env.get("SLURM_JOB_ID") and int(env.get("SLURM_NTASKS", "1")) > 1:
+        return "slurm"
+    hosts = env.get("TPU_WORKER_HOSTNAMES", "")
+    if env.get("TPU_WORKER_ID") is not None and len([h for h in hosts.split(",") if h]) > 1:
+        return "tpu"
+    return None
+
+
+def initialize_kwargs(env: Mapping[str, str]) -> dict[str, Any] | None:
+    """Arguments for `jax.distributed.initialize`, or None for a single process.
+
+    SLURM and Cloud TPU are detected by jax's own cluster plugins, so they need no arguments; the
+    explicit form passes the coordinator, the process count and this process's id.
+    """
+    kind = cluster_kind(env)
+    if kind is None:
+        return None
+    if kind == "explicit":
+        missing = [k for k in ("JAX_NUM_PROCESSES", "JAX_PROCESS_ID") if k not in env]
+        if missing:
+            raise ValueError(f"JAX_COORDINATOR_ADDRESS is set but {', '.join(missing)} is not")
+        return {"coordinator_address": env["JAX_COORDINATOR_ADDRESS"],
+                "num_processes": int(env["JAX_NUM_PROCESSES"]), "process_id": int(env["JAX_PROCESS_ID"])}
+    return {}
+
+
+def initialize(env: Mapping[str, str] | None = None) -> str | None:
+    """Join the cluster this process was launched in (call before any other jax call); returns the
+    cluster kind, or None when running as a single process."""
+    import os
+
+    env = os.environ if env is None else env
+    kwargs = initialize_kwargs(env)
+    if kwargs is None:
+        return None
+    jax.distributed.initialize(**kwargs)
+    return cluster_kind(env)
+
+
+def process_batches(source: Any, *, global_batch_size: int, seed: int, process_index: int | None = None,
+                    process_count: int | None = None, num_epochs: int | None = None):
+    """This process's rows of each global batch: a resumable grain iterator like `leanjax.data.batches`.
+
+    Every process shuffles identically (same seed) and takes every `process_count`-th example from
+    offset `process_index`, so the processes' rows are disjoint and together make the global batch.
+    """
+    import grain
+
+    from leanjax.data.pipeline import _check_batch_size
+
+    process_index = jax.process_index() if process_index is None else process_index
+    process_count = jax.process_count() if process_count is None else process_count
+    if global_batch_size % process_count:
+        raise ValueError(f"global batch {global_batch_size} is not divisible by {process_count} processes")
+    _check_batch_size(source, global_batch_size)
+    dataset = grain.MapDataset.source(source).shuffle(seed=seed).repeat(num_epochs)
+    dataset = dataset[process_index::process_count].batch(global_batch_size // process_count)
+    return iter(dataset.to_iter_dataset())
+
+
+def global_batch(local: Any, shardings: Any) -> Any:
+    """Assemble the global `jax.Array` batch from each process's local rows (numpy)."""
+    return jax.tree.map(lambda x, s: jax.make_array_from_process_local_data(s, np.asarray(x)), local, shardings)
