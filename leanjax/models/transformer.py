@@ -178,7 +178,7 @@ class Attention(nnx.Module):
             scores = jnp.where(mask, scores, jnp.finfo(jnp.float32).min)
         probs = checkpoint_name(jax.nn.softmax(scores, axis=-1).astype(v.dtype), "attn_scores")
         probs = dropout(probs, self.rate, key)
-        context = jnp.einsum("bhqk,bkhd->bqhd", probs, v).reshape(b, t, d)
+        context = jnp.einsum("bhqk,bkhd->bqhd", probs, v).reshape(b, t, -1)
         return checkpoint_name(self.output(context), "attn_out")
 
 
