@@ -25,6 +25,7 @@ from leanjax.audit.hardware import (
 )
 from leanjax.audit.hlo import HloAnalysis, Loop, analyze
 from leanjax.audit.prices import Dollars, Price, PriceTable, dollars_per_1k_requests, dollars_per_run
+from leanjax.audit.remat_auto import BatchFit, Candidate, Choice, NoPolicyFits, choose_remat, max_batch
 from leanjax.audit.whatif import Unavailable, WhatIf, what_if, what_if_table
 
 __all__ = [
@@ -35,4 +36,5 @@ __all__ = [
     "HloAnalysis", "Loop", "analyze",
     "Dollars", "Price", "PriceTable", "dollars_per_1k_requests", "dollars_per_run",
     "Unavailable", "WhatIf", "what_if", "what_if_table",
+    "BatchFit", "Candidate", "Choice", "NoPolicyFits", "choose_remat", "max_batch",
 ]

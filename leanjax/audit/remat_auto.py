@@ -180,7 +180,8 @@ def pick(candidates: Sequence[Candidate], budget_bytes: int) -> Choice:
         score = lambda c: f"{per_example(c, c.flops):.3g} FLOP/{'example' if c.batch else 'step'}"  # noqa: E731
         how = "the fewest compiled FLOPs (untimed)"
     others = ", ".join(f"{c.policy!r}{_at(c)} {score(c)}" for c in fits if c is not best)
-    reason = (f"{best.policy!r}{_at(best)}: {how} of the {len(fits)} policies whose compiled peak fits "
+    counted = f"{len(fits)} policies" if len(fits) > 1 else "one policy"
+    reason = (f"{best.policy!r}{_at(best)}: {how} of the {counted} whose compiled peak fits "
               f"{_mib(budget_bytes)} ({_mib(best.peak_bytes)}, {score(best)}"
               + (f"; vs {others}" if others else "") + ")")
     if over:

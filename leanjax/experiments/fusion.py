@@ -1,0 +1,179 @@
+"""Experiment `fusion`: what XLA's jit buys on the Transformer LM train step, and how it compares with PyTorch.
+
+The same train step (Shakespeare char LM, unrolled blocks, AdamW, f32, no dropout) runs three ways:
+jitted (one XLA program: ops fused into kernels), op by op (`jax.disable_jit()`: every primitive its own
+dispatch), and in PyTorch (`leanjax.experiments._torch_lm`, eager and `torch.compile`d forward, from the
+same initial params: the step-0 losses must agree). Timed steps alternate between jit and the torch
+variants in one process, so a machine shared with other jobs slows all of them alike.
+
+Headline:
+- `jit_speedup`: op-by-op step time / jitted step time.
+- `fusions`: fusion kernels in the compiled step (`leanjax.audit.analyze`).
+- `bytes_ratio`: bytes the jitted program accesses / bytes the same step's unoptimized HLO accesses
+  (`lowered.as_text(dialect="hlo")`: every op reads its operands from and writes its result to memory,
+  which is what op-by-op execution moves), both counted by `leanjax.audit`'s HLO cost rules.
+- `mfu`: model FLOPs (`transformer_flops`, PaLM convention) per second / f32 matmul peak measured in
+  this run (`measure_peak_flops`).
+- `torch_eager.throughput_ratio`, `torch_compile.throughput_ratio`: leanjax tokens/s over torch's, same
+  shapes; NaN with the reason in the metrics when torch is missing or disabled.
+"""
+
+from __future__ import annotations
+
+import re
+import statistics
+import time
+
+import jax
+import numpy as np
+from flax import nnx
+
+from leanjax import data, losses
+from leanjax.audit import analyze, audit_compiled, measure_peak_flops, transformer_flops
+from leanjax.experiments import _launch
+from leanjax.models import CausalLM, TransformerConfig, functional
+from leanjax.optim import make_optimizer
+from leanjax.state import TrainState
+from leanjax.step import make_train_step
+
+NAN = float("nan")
+
+
+def build(config):
+    """The model (post-LN, tied head, no dropout: what `_torch_lm.TorchLM` mirrors), loss and data."""
+    m = config.model
+    train = data.lm_source("shakespeare", "train", seq_len=m.seq_len, tokenizer=m.tokenizer)
+    model_config = TransformerConfig(
+        vocab_size=train.vocab_size, hidden_size=m.hidden_size, num_layers=m.num_layers, num_heads=m.num_heads,
+        intermediate_size=m.intermediate_size, max_position_embeddings=m.seq_len, type_vocab_size=0,
+        dropout=0.0, causal=True)
+    apply_fn, params = functional(CausalLM(model_config, rngs=nnx.Rngs(config.seed)))
+    return dict(params=params, loss=losses.lm_loss(apply_fn), train=train, model_config=model_config)
+
+
+def model_flops(cfg: TransformerConfig, batch: int) -> float:
+    """Analytic FLOPs of one train step: every block's projections plus the tied output head."""
+    d, f = cfg.hidden_size, cfg.intermediate_size
+    weights = cfg.num_layers * (4 * d * d + 2 * d * f) + cfg.vocab_size * d
+    return transformer_flops(weights, n_layers=cfg.num_layers, d_model=d, seq_len=cfg.max_position_embeddings,
+                             tokens=batch * cfg.max_position_embeddings)
+
+
+def _with_signatures(hlo_text: str) -> str:
+    """Unoptimized HLO prints computation headers without a signature (`ENTRY main.1 {`); the audit's
+    parser expects the optimized form (`ENTRY %main (...) -> ... {`). The signature is not read (the
+    parameters are instructions), so an empty one is added."""
+    return re.sub(r"^(ENTRY\s+)?([^\s(]+)\s*\{\s*$", r"\1\2 () -> () {", hlo_text, flags=re.MULTILINE)
+
+
+def _op_by_op_time(step, state, batch, steps: int) -> float:
+    """Median seconds of the un-jitted step under `jax.disable_jit()` (one untimed warm-up call)."""
+    times = []
+    with jax.disable_jit():
+        for k in range(steps + 1):
+            start = time.perf_counter()
+            state, metrics = step(state, batch)
+            jax.block_until_ready(metrics)
+            if k:
+                times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def _torch_variants(config, params, batch, jax_loss: float) -> tuple[dict, dict]:
+    """`({name: step()}, {name: reason})`: the runnable torch steps, and why the others are missing."""
+    if not config.torch:
+        return {}, {n: "disabled (config.torch=False)" for n in ("torch_eager", "torch_compile")}
+    try:
+        import torch
+    except ImportError:
+        why = "torch is not installed (the optional bench extra: pip install torch==2.13.0)"
+        return {}, {"torch_eager": why, "torch_compile": why}
+    from leanjax.experiments import _torch_lm
+
+    m = config.model
+    inputs, targets = (torch.from_numpy(np.asarray(batch[k], dtype=np.int64)) for k in ("inputs", "targets"))
+    steps, missing = {}, {}
+    for name in ("torch_eager", "torch_compile"):
+        if name == "torch_compile" and not config.torch_compile:
+            missing[name] = "disabled (config.torch_compile=False)"
+            continue
+        model = _torch_lm.TorchLM(params, num_heads=m.num_heads, eps=1e-12)
+        with torch.no_grad():
+            loss0 = float(model(inputs, targets))
+        # Same params, same batch: a mismatch means the two models differ, and the timing compares nothing.
+        if not np.isclose(loss0, jax_loss, rtol=1e-4):
+            raise AssertionError(f"{name}: step-0 loss {loss0:.6f} != leanjax {jax_loss:.6f}")
+        forward = torch.compile(model) if name == "torch_compile" else model
+        opt = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
+        step = _torch_lm.train_step(forward, opt)
+        try:
+            step(inputs, targets)  # the first call compiles
+        except Exception as e:  # noqa: BLE001  inductor needs a working C++ toolchain: report, don't crash
+            missing[name] = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+            continue
+        steps[name] = lambda step=step: step(inputs, targets)
+    return steps, missing
+
+
+def run(config, workdir):
+    parts = build(config)
+    cfg = parts["model_config"]
+    tx = make_optimizer("adamw", learning_rate=config.learning_rate, schedule="constant",
+                        weight_decay=config.weight_decay, clip_norm=None)  # torch.optim.AdamW's update
+    batch = next(iter(data.batches(parts["train"], batch_size=config.batch_size, seed=config.seed)))
+    state = TrainState.create(parts["params"], tx, jax.random.key(config.seed))
+    jit_step = make_train_step(parts["loss"], tx)
+    flops = model_flops(cfg, config.batch_size)
+
+    audit = audit_compiled(jit_step, state, batch, name="train step", model_flops=flops, iters=0)
+    unfused = analyze(_with_signatures(jit_step.lower(state, batch).as_text(dialect="hlo")))
+    jax_loss = float(parts["loss"](parts["params"], batch, None)[0])
+
+    torch_steps, missing = _torch_variants(config, parts["params"], batch, jax_loss)
+
+    # Alternate: one jitted step, then one step of each torch variant, round after round.
+    state, _ = jit_step(state, batch)  # warm-up (the compile)
+    times = {"jit": [], **{n: [] for n in torch_steps}}
+    for _ in range(config.rounds):
+        start = time.perf_counter()
+        state, metrics = jit_step(state, batch)
+        jax.block_until_ready(metrics)
+        times["jit"].append(time.perf_counter() - start)
+        for name, step in torch_steps.items():
+            start = time.perf_counter()
+            float(step())  # CPU torch is synchronous; .item() ends the step
+            times[name].append(time.perf_counter() - start)
+    median = {k: statistics.median(v) for k, v in times.items()}
+
+    op_by_op_s = _op_by_op_time(make_train_step(parts["loss"], tx, jit=False), state, batch, config.eager_steps)
+    peak = measure_peak_flops("float32")
+    mfu = flops / median["jit"] / peak.flops_per_s
+
+    headline = {
+        "jit_speedup": op_by_op_s / median["jit"],
+        "fusions": sum(audit.hlo.fusions.values()),
+        "bytes_ratio": audit.bytes_accessed / unfused.bytes_accessed,
+        "mfu": mfu,
+    }
+    for name in ("torch_eager", "torch_compile"):
+        headline[f"{name}.throughput_ratio"] = median[name] / median["jit"] if name in median else NAN
+    metrics = dict(
+        step_time_s=median, op_by_op_step_time_s=op_by_op_s,
+        tokens_per_step=config.batch_size * cfg.max_position_embeddings,
+        model_flops=flops, compiled_flops=audit.flops, peak=dict(flops_per_s=peak.flops_per_s, source=peak.source),
+        fusion_kinds=dict(audit.hlo.fusions), kernels=audit.hlo.kernels, bytes_accessed=audit.bytes_accessed,
+        unfused_bytes_accessed=unfused.bytes_accessed, unfused_ops=unfused.kernels, step0_loss=jax_loss,
+        torch_missing=missing, torch_threads=_torch_threads(), memory_peak_bytes=audit.memory.peak)
+    return metrics, headline
+
+
+def _torch_threads() -> int | None:
+    try:
+        import torch
+    except ImportError:
+        return None
+    return torch.get_num_threads()
+
+
+if __name__ == "__main__":
+    raise SystemExit(_launch.main("fusion", run))
