@@ -10,6 +10,7 @@ They nest (LoRA over a quantized base is QLoRA), dequantize one layer at a time 
 warn once, naming the operation, when an operation has no rule and a full weight must be built.
 """
 
+from leanjax.transforms import remat_rule  # noqa: F401  (registers the quax rule for jax.checkpoint)
 from leanjax.transforms.export import export_merged, export_peft, requantize
 from leanjax.transforms.lora import LoRA, lora, unmerge, with_dropout_rng
 from leanjax.transforms.quant import (
@@ -26,10 +27,30 @@ from leanjax.transforms.quant import (
 from leanjax.transforms.select import leaves_with_paths
 from leanjax.transforms.trees import combine, merge, partition, trainable, weight_bytes
 from leanjax.transforms.typed import TypedWeight, apply, dense, is_typed
+from leanjax.transforms.w8a8 import W8A8, serve_int8
 
 __all__ = [
     "NF4", "FakeQuant", "Int4", "Int8", "LoRA", "Quantized", "TypedWeight", "apply", "combine", "dense",
     "dequantize", "encode", "export_merged", "export_peft", "fake_quantize", "is_typed", "leaves_with_paths",
     "lora", "merge", "partition", "quantize", "requantize", "trainable", "unmerge", "weight_bytes",
-    "with_dropout_rng",
+    "with_dropout_rng", "W8A8", "serve_int8",
+]
+
+# Pruning (masks, schedules, N:M), structured compaction, packed 2:4 weights, distillation losses.
+from leanjax.transforms.compact import (  # noqa: E402
+    Group, Slot, cnn_groups, compact, mlp_groups, structured_masks, transformer_groups,
+)
+from leanjax.transforms.distill import (  # noqa: E402
+    cache_topk, distill_trainable, distillation_loss, kd_loss, offline_distillation_loss, topk_kd_loss,
+)
+from leanjax.transforms.prune import (  # noqa: E402
+    apply_masks, keep_masks, magnitude, masks_of, nm_masks, polynomial_schedule, prune_by_schedule,
+)
+from leanjax.transforms.sparse24 import Packed24, encode24, pack24  # noqa: E402
+
+__all__ += [
+    "Group", "Slot", "cnn_groups", "compact", "mlp_groups", "structured_masks", "transformer_groups",
+    "cache_topk", "distill_trainable", "distillation_loss", "kd_loss", "offline_distillation_loss",
+    "topk_kd_loss", "apply_masks", "keep_masks", "magnitude", "masks_of", "nm_masks", "polynomial_schedule",
+    "prune_by_schedule", "Packed24", "encode24", "pack24",
 ]
