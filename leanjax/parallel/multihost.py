@@ -11,6 +11,7 @@ writes each process's shards and lets the primary process commit, on every host 
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from typing import Any
 
@@ -51,8 +52,6 @@ def initialize_kwargs(env: Mapping[str, str]) -> dict[str, Any] | None:
 def initialize(env: Mapping[str, str] | None = None) -> str | None:
     """Join the cluster this process was launched in (call before any other jax call); returns the
     cluster kind, or None when running as a single process."""
-    import os
-
     env = os.environ if env is None else env
     kwargs = initialize_kwargs(env)
     if kwargs is None:

@@ -14,8 +14,8 @@ the training curves):
   its own devices, evaluates it exactly once (a state file survives sidecar restarts), and can stop the
   run early or feed HPO pruning through `on_result`.
 
-Stopping the trainer from outside goes through a `STOP` file in the workdir, which the trainer polls at
-its eval points (`stop_on_request`).
+Stopping the trainer from outside goes through a `STOP` file in the workdir (`request_stop`), which
+`fit` polls at its log points.
 """
 
 from __future__ import annotations
@@ -77,23 +77,13 @@ class EvalLog:
 
 
 def stop_file(workdir: str | os.PathLike) -> str:
+    """The file whose existence makes `leanjax.train.fit` in `workdir` stop at its next log point."""
     return os.path.join(workdir, STOP_FILE)
 
 
 def request_stop(workdir: str | os.PathLike, reason: str) -> None:
     with open(stop_file(workdir), "w") as f:
         f.write(reason + "\n")
-
-
-def stop_on_request(workdir: str | os.PathLike,
-                    on_eval: Callable[[int, dict], bool | None] | None = None) -> Callable[[int, dict], bool]:
-    """An `on_eval` for `fit` that also stops when an evaluator has written the workdir's STOP file."""
-
-    def hook(step: int, metrics: dict) -> bool:
-        asked = bool(on_eval(step, metrics)) if on_eval is not None else False
-        return asked or os.path.exists(stop_file(workdir))
-
-    return hook
 
 
 # --------------------------------------------------------------------------------- in-process
@@ -115,9 +105,10 @@ class AsyncEvaluator:
     """Runs `eval_fn(params) -> {name: float}` on snapshots in a background thread.
 
     `placement` (a `jax.Device` or `Sharding`) is where snapshots go: devices of their own keep the
-    evaluation off the training devices; None copies them on the devices they are on. At most
-    `max_pending` snapshots wait or run at once; an eval point beyond that is skipped (counted in
-    `skipped`) rather than letting evaluation fall ever further behind. `stop_fn(step, metrics)`
+    evaluation off the training devices; None copies them on the devices they are on. Besides the one
+    being evaluated, at most `max_pending` snapshots wait; when a newer one arrives the oldest waiting
+    one is dropped (its step is recorded in `skipped`), so evaluation never falls ever further behind and
+    the newest snapshot, the final params included, is always evaluated. `stop_fn(step, metrics)`
     returning True makes the next eval point stop the run (through `fit`'s `on_eval`).
     """
 
@@ -130,30 +121,33 @@ class AsyncEvaluator:
         self.results: list[EvalResult] = []
         self.skipped: list[int] = []
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="leanjax-eval")
-        self._pending: list[Future] = []
+        self._pending: list[tuple[int, Future]] = []
         self._lock = threading.Lock()
         self._stop = False
         self._error: BaseException | None = None
-        self._snapshot: tuple[Any, float] | None = None
+        self._params: Any = None  # handed from fit_hooks' eval_fn to its on_eval
 
     def snapshot(self, params: Any) -> Any:
         """A copy of `params` that no later train step can donate away, on the evaluation devices."""
-        copy = jax.device_put(params, self.placement) if self.placement is not None else \
-            jax.tree.map(lambda x: x.copy(), params)
+        # may_alias=False: a put onto the devices the params already live on must still copy.
+        copy = jax.device_put(params, self.placement, may_alias=False)
         return jax.block_until_ready(copy)  # the copy must be taken before the next step donates
 
-    def submit(self, params: Any, step: int) -> bool:
-        """Evaluate `params` of training step `step` in the background; False if skipped (too many pending)."""
+    def submit(self, params: Any, step: int) -> None:
+        """Evaluate `params` of training step `step` in the background (see the class docstring for what
+        happens when evaluation is behind)."""
         self._raise_if_failed()
         with self._lock:
-            self._pending = [f for f in self._pending if not f.done()]
-            if len(self._pending) >= self.max_pending:
-                self.skipped.append(int(step))
-                return False
+            self._pending = [(s, f) for s, f in self._pending if not f.done()]
+            waiting = [(s, f) for s, f in self._pending if not f.running()]
+            while len(waiting) >= self.max_pending:
+                s, f = waiting.pop(0)
+                if f.cancel():  # False: it started running meanwhile, so it no longer waits
+                    self._pending.remove((s, f))
+                    self.skipped.append(s)
             t0 = time.perf_counter()
             snap = self.snapshot(params)
-            self._pending.append(self._pool.submit(self._run, snap, int(step), t0))
-        return True
+            self._pending.append((int(step), self._pool.submit(self._run, snap, int(step), t0)))
 
     def _run(self, snap: Any, step: int, t0: float) -> None:
         try:
@@ -180,19 +174,19 @@ class AsyncEvaluator:
     def fit_hooks(self) -> dict[str, Callable]:
         """`eval_fn` and `on_eval` for `leanjax.train.fit`.
 
-        `fit` calls `eval_fn(params)` then `on_eval(step, metrics)` at each eval point; the first takes
-        the snapshot, the second (which knows the step) submits it, so no result is ever tagged with a
-        later step than the params it measured. `eval_fn` returns no metrics: results are written at
-        their own step when they finish.
+        `fit` calls `eval_fn(params)` then `on_eval(step, metrics)` at each eval point, both before the
+        next train step can donate the params; the first hands the params over, the second (which knows
+        the step) snapshots and submits them, so every result is tagged with the step of the params it
+        measured. `eval_fn` returns no metrics (`fit` writes no row for it): results are written at their
+        own step when they finish.
         """
 
         def eval_fn(params: Any) -> dict:
-            self._snapshot = (params, time.perf_counter())
+            self._params = params
             return {}
 
         def on_eval(step: int, _metrics: dict) -> bool:
-            params, _ = self._snapshot
-            self._snapshot = None
+            params, self._params = self._params, None
             self.submit(params, step)
             return self._stop
 
