@@ -22,3 +22,8 @@ __all__ = [
     "WeightsMismatchError", "checkpoint_files", "export_hf", "hf_config_from", "key_map_for", "load_into",
     "load_pretrained", "resolve_source", "transformer_prefix", "write_safetensors",
 ]
+
+# Warm-start embeddings (leanjax.weights.embeddings).
+from leanjax.weights.embeddings import EmbeddingInit, glove_vectors, init_embeddings, project, train_rows  # noqa: E402
+
+__all__ += ["EmbeddingInit", "glove_vectors", "init_embeddings", "project", "train_rows"]

@@ -1,0 +1,166 @@
+"""Experiment `finetune`: what does starting from open weights save? MiniLM fine-tuned vs trained from scratch.
+
+Both arms are the same `SequenceClassifier` (all-MiniLM-L6-v2's BERT encoder, masked mean pooling,
+dropout, a linear head over the 3 tweet sentiments) with the same head init, the same MiniLM tokenizer,
+the same batches in the same order (one data seed), the same dropout keys and the same number of steps.
+They differ only in the encoder's starting point: the shipped MiniLM weights (`leanjax.weights.
+load_pretrained`) or the model's random init. Each arm trains with the canonical loop (`fit`), with its
+own peak learning rate (fine-tuning wants a small one, from-scratch training a larger one: giving both
+the fine-tuning rate would handicap the control).
+
+Headline (Howard & Ruder 2018, https://arxiv.org/abs/1801.06146, measure the same gap):
+`finetuned_accuracy`, `scratch_accuracy` (each arm's final evaluation), `steps_to_match_scratch` (the
+first evaluation step at which fine-tuning reaches scratch's final accuracy; its resolution is
+`eval_every`), `speedup` = scratch's steps (the budget) / that, `compute_saved` = 1 - 1/speedup. When
+fine-tuning never reaches scratch's accuracy these three are None.
+
+`config.num_layers < 6` keeps MiniLM's first layers only (the `:tiny` variant uses 2), for fast checks.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from leanjax import data, losses
+from leanjax.experiments import _launch
+from leanjax.models import SequenceClassifier, functional
+from leanjax.optim import make_optimizer
+from leanjax.state import TrainState
+from leanjax.step import evaluate, make_eval_step, make_train_step
+from leanjax.train import fit, plot_curves
+from leanjax.trees import count_params
+from leanjax.weights import load_pretrained
+
+INPUTS = ("input_ids", "attention_mask")
+ARMS = ("finetuned", "scratch")
+
+
+def tweets(split: str, examples: int, seed: int) -> list[dict]:
+    """A fixed random subset of `examples` tweets of `split` (0: all), read in one batch. A random subset,
+    not a prefix: the splits are stored class by class."""
+    source = data.load("tweets", split)
+    rows = range(len(source))
+    if examples and examples < len(source):
+        rows = np.sort(np.random.default_rng(seed).permutation(len(source))[:examples]).tolist()
+    return source.__getitems__(rows)
+
+
+def build(config):
+    """The fine-tuned arm's params, loss, metrics and data; `scratch_params` is the control's start."""
+    pretrained = load_pretrained("minilm", model_cls=SequenceClassifier, model_kwargs={"num_labels": 3},
+                                 config_overrides={"dropout": config.dropout}, seed=config.seed)
+    if not 1 <= config.num_layers <= pretrained.config.num_layers:
+        raise ValueError(f"config.num_layers={config.num_layers}: MiniLM has {pretrained.config.num_layers}")
+    model_config = dataclasses.replace(pretrained.config, num_layers=config.num_layers)
+    apply_fn, scratch = functional(SequenceClassifier(model_config, 3, rngs=nnx.Rngs(config.seed)))
+    _, loaded = functional(pretrained.model)
+    encoder = dict(loaded["encoder"])
+    encoder["layers"] = {i: encoder["layers"][i] for i in range(config.num_layers)}
+    # The same head init in both arms: the encoder's start is the only difference.
+    finetuned = {"encoder": encoder, "classifier": scratch["classifier"]}
+
+    tokenizer = pretrained.tokenizer
+    # A list of examples is a `Source` (len + getitem): tokenized once, in one batch.
+    train = data.text_classification_source(tweets("train", config.train_examples, config.seed), tokenizer,
+                                            config.seq_len)
+    evaluation = data.text_classification_source(tweets(config.eval_split, config.eval_examples, seed=0),
+                                                 tokenizer, config.seq_len)
+    return dict(params=finetuned, scratch_params=scratch,
+                loss=losses.classification_loss(apply_fn, inputs=INPUTS),
+                metrics=losses.classification_metrics(apply_fn, inputs=INPUTS), train=train, eval=evaluation)
+
+
+def _eval_curve(history: list[dict]) -> list[tuple[int, float]]:
+    return [(r["step"], r["eval_accuracy"]) for r in history if "eval_accuracy" in r]
+
+
+def _first_reaching(curve: list[tuple[int, float]], target: float) -> int | None:
+    return next((s for s, acc in curve if acc >= target), None)
+
+
+def _plot(curves: dict, losses_by_arm: dict, target: float, path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.4))
+    for arm, curve in curves.items():
+        left.plot(*zip(*curve), marker=".", label=arm)
+        right.plot(*zip(*losses_by_arm[arm]), label=arm)
+    left.axhline(target, color="gray", ls="--", lw=1, label="scratch final")
+    left.set(title="eval accuracy", xlabel="step")
+    right.set(title="train loss", xlabel="step")
+    for ax in (left, right):
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.suptitle("MiniLM fine-tuned vs from scratch (tweet sentiment)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+
+
+def run(config, workdir):
+    parts = build(config)
+    eval_step = make_eval_step(parts["metrics"])
+    starts = {"finetuned": parts["params"], "scratch": parts["scratch_params"]}
+    learning_rates = {"finetuned": config.finetuned_learning_rate, "scratch": config.scratch_learning_rate}
+
+    def eval_fn(params):
+        return evaluate(eval_step, params, data.eval_batches(parts["eval"], config.eval_batch_size))
+
+    # The peak rate is an injected hyperparameter (`learning_rate_scale` times a unit schedule, held in the
+    # optimizer state), so the two arms share one optimizer and one compiled train step.
+    tx = make_optimizer("adamw", learning_rate=1.0, total_steps=config.num_steps,
+                        warmup_steps=config.warmup_steps, weight_decay=config.weight_decay)
+    train_step = make_train_step(parts["loss"], tx)
+    results = {}
+    for arm in ARMS:
+        # A copy: the step donates its state, and the arms share the head's init arrays.
+        state = TrainState.create(jax.tree.map(jnp.copy, starts[arm]), tx, jax.random.key(config.seed))
+        hyperparams = {**state.opt_state.hyperparams, "learning_rate_scale": jnp.float32(learning_rates[arm])}
+        state = state.replace(opt_state=state.opt_state._replace(hyperparams=hyperparams))
+        # A fresh iterator with the same seed: both arms see the same batches in the same order.
+        batches = data.batches(parts["train"], batch_size=config.batch_size, seed=config.seed)
+        arm_dir = os.path.join(workdir, arm)
+        results[arm] = fit(state, train_step, batches, num_steps=config.num_steps,
+                           workdir=arm_dir, eval_fn=eval_fn, eval_every=config.eval_every,
+                           checkpoint_every=config.checkpoint_every, log_every=config.log_every,
+                           progress=config.progress, desc=f"finetune/{arm}")
+        if results[arm].preempted:
+            return {"preempted": True}, {}
+        plot_curves(arm_dir, title=f"finetune: {arm}")
+
+    curves = {arm: _eval_curve(r.history) for arm, r in results.items()}
+    final = {arm: r.last_eval["accuracy"] for arm, r in results.items()}
+    match = _first_reaching(curves["finetuned"], final["scratch"])
+    speedup = config.num_steps / match if match else None
+    headline = {"finetuned_accuracy": final["finetuned"], "scratch_accuracy": final["scratch"],
+                "steps_to_match_scratch": match, "speedup": speedup,
+                "compute_saved": 1 - 1 / speedup if speedup else None}
+    train_losses = {arm: [(row["step"], row["loss"]) for row in r.history if "loss" in row]
+                    for arm, r in results.items()}
+    _plot(curves, train_losses, final["scratch"], os.path.join(workdir, "learning_curves.png"))
+    metrics = {
+        "eval_curves": {arm: [[s, a] for s, a in c] for arm, c in curves.items()},
+        "final_eval": {arm: r.last_eval for arm, r in results.items()},
+        "accuracy_gain": final["finetuned"] - final["scratch"],
+        "resolution_steps": config.eval_every,
+        # When did scratch itself first reach its final accuracy? (a plateau would shrink the speedup)
+        "scratch_steps_to_own_final": _first_reaching(curves["scratch"], final["scratch"]),
+        "steps_per_s": {arm: r.steps_per_s for arm, r in results.items()},
+        "compile_s": {arm: r.compile_s for arm, r in results.items()},
+        "params": count_params(parts["params"]),
+        "train_examples": len(parts["train"]), "eval_examples": len(parts["eval"]),
+    }
+    return metrics, headline
+
+
+if __name__ == "__main__":
+    raise SystemExit(_launch.main("finetune", run))

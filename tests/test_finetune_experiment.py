@@ -1,0 +1,29 @@
+"""The finetune experiment: `:tiny` end to end (MiniLM's first 2 layers vs scratch), in process."""
+
+import json
+
+import pytest
+
+from leanjax.experiments import _launch, finetune
+
+HEADLINE = {"finetuned_accuracy", "scratch_accuracy", "steps_to_match_scratch", "speedup", "compute_saved"}
+
+
+def test_first_reaching_is_the_first_eval_at_or_above_the_target():
+    curve = [(10, 0.4), (20, 0.55), (30, 0.5), (40, 0.6)]
+    assert finetune._first_reaching(curve, 0.55) == 20
+    assert finetune._first_reaching(curve, 0.3) == 10
+    assert finetune._first_reaching(curve, 0.7) is None
+
+
+@pytest.mark.slow  # loads the 22.7M-param MiniLM and compiles two models: ~1-2 min on 2 loaded cores
+def test_tiny_writes_every_headline_key(tmp_path):
+    code = _launch.main("finetune", finetune.run,
+                        ["--config", "configs/finetune/default.py:tiny", "--workdir", str(tmp_path)])
+    assert code == 0
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert set(summary["headline"]) == HEADLINE
+    metrics = summary["metrics"]
+    assert [s for s, _ in metrics["eval_curves"]["finetuned"]] == [5, 10, 15, 20]
+    assert metrics["eval_curves"]["scratch"][-1][1] == summary["headline"]["scratch_accuracy"]
+    assert (tmp_path / "learning_curves.png").stat().st_size > 1000
