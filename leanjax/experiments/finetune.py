@@ -42,8 +42,8 @@ ARMS = ("finetuned", "scratch")
 
 
 def tweets(split: str, examples: int, seed: int) -> list[dict]:
-    """A fixed random subset of `examples` tweets of `split` (0: all), read in one batch. A random subset,
-    not a prefix: the splits are stored class by class."""
+    """A fixed random subset of `examples` tweets of `split` (0: all), read in one batch, drawn by seed
+    so that every class is represented whatever the stored order."""
     source = data.load("tweets", split)
     rows = range(len(source))
     if examples and examples < len(source):

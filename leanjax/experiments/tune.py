@@ -53,8 +53,9 @@ class Task:
 
 
 def validation_split(source, size: int, seed: int) -> tuple[data.ArraySource, data.ArraySource]:
-    """A random held-out slice of `source` (MNIST-5k's train split is sorted by label, so a plain
-    `train[85%:]` slice would hold two classes); trials are scored on it, never on the test split."""
+    """A seeded random held-out slice of `source`: trials are scored on it, never on the test split.
+
+    Drawn by seed rather than sliced, so the held-out set can change with the study seed."""
     examples = [source[i] for i in range(len(source))]
     arrays = {k: np.stack([np.asarray(e[k]) for e in examples]) for k in examples[0]}
     order = np.random.default_rng(seed).permutation(len(examples))
