@@ -183,7 +183,8 @@ def keep_masks(inner: optax.GradientTransformation, masks: Masks) -> optax.Gradi
     """`inner` with fixed masks (held in its state, so they checkpoint): pruned weights stay zero."""
 
     def init(params):
-        return PruneState(inner.init(params), masks, jnp.zeros((), jnp.int32))
+        # A copy: a train step that donates its state must not delete the caller's masks.
+        return PruneState(inner.init(params), jax.tree.map(jnp.copy, masks), jnp.zeros((), jnp.int32))
 
     def update(grads, state, params=None):
         if params is None:

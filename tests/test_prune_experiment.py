@@ -1,0 +1,20 @@
+"""End to end: `prune:tiny` (CNN and a 1-layer MiniLM) writes every headline key."""
+
+import json
+
+import pytest
+
+from leanjax.experiments import _launch
+from leanjax.experiments.prune import run
+
+ARMS = ("dense_accuracy", "s50.accuracy", "s75.accuracy", "s90.accuracy", "nm24.accuracy",
+        "structured50.accuracy", "structured50.size_ratio", "structured50.throughput_ratio", "nm24.size_ratio")
+
+
+@pytest.mark.slow
+def test_prune_tiny(tmp_path):
+    code = _launch.main("prune", run, ["--config", "configs/prune/default.py:tiny", "--workdir", str(tmp_path)])
+    assert code == 0
+    headline = json.loads((tmp_path / "summary.json").read_text())["headline"]
+    assert set(headline) == {f"{m}.{k}" for m in ("cnn", "minilm") for k in ARMS}
+    assert 0 < headline["cnn.nm24.size_ratio"] < 1 and 0 < headline["cnn.structured50.size_ratio"] < 1
