@@ -30,6 +30,7 @@ from flax import nnx
 from leanjax import data, losses, transforms
 from leanjax.audit import interventions
 from leanjax.experiments import _launch
+from leanjax.experiments.finetune import tweets
 from leanjax.models import SequenceClassifier, functional
 from leanjax.optim import make_optimizer
 from leanjax.state import TrainState
@@ -42,16 +43,6 @@ INPUTS = ("input_ids", "attention_mask")
 ARMS = ("full", "lora", "qlora")
 ENCODER_KERNELS = r"encoder/layers/.*kernel"
 EMBEDDINGS = r"encoder/embeddings/(word|position)/embedding"
-
-
-def tweets(split: str, examples: int, seed: int) -> list[dict]:
-    """A fixed random subset of `examples` tweets of `split` (0: all): the splits are stored class by
-    class, so a prefix would hold one sentiment only."""
-    source = data.load("tweets", split)
-    rows = range(len(source))
-    if examples and examples < len(source):
-        rows = np.sort(np.random.default_rng(seed).permutation(len(source))[:examples]).tolist()
-    return source.__getitems__(rows)
 
 
 def minilm(config, *, scan_layers: bool):
