@@ -25,6 +25,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.eager_steps = 2      # timed op-by-op (jax.disable_jit) steps: each is slow
     c.torch = True         # run the PyTorch side (needs torch installed; NaN ratios otherwise)
     c.torch_compile = True
+    c.torch_device = "auto"  # 'auto': CUDA when JAX runs on a GPU and torch sees one, else the CPU
 
     if arg == "tiny":
         c.batch_size = 4

@@ -91,17 +91,23 @@ def _torch_variants(config, params, batch, jax_loss: float) -> tuple[dict, dict]
     from leanjax.experiments import _torch_lm
 
     m = config.model
-    inputs, targets = (torch.from_numpy(np.asarray(batch[k], dtype=np.int64)) for k in ("inputs", "targets"))
+    device = _torch_device(config.torch_device, torch)
+    if device == "cuda":
+        # XLA's default f32 dot precision on GPUs with tensor cores is TF32; give torch the same.
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    inputs, targets = (torch.from_numpy(np.asarray(batch[k], dtype=np.int64)).to(device)
+                       for k in ("inputs", "targets"))
     steps, missing = {}, {}
     for name in ("torch_eager", "torch_compile"):
         if name == "torch_compile" and not config.torch_compile:
             missing[name] = "disabled (config.torch_compile=False)"
             continue
-        model = _torch_lm.TorchLM(params, num_heads=m.num_heads, eps=1e-12)
+        model = _torch_lm.TorchLM(params, num_heads=m.num_heads, eps=1e-12).to(device)
         with torch.no_grad():
             loss0 = float(model(inputs, targets))
         # Same params, same batch: a mismatch means the two models differ, and the timing compares nothing.
-        if not np.isclose(loss0, jax_loss, rtol=1e-4):
+        # TF32 rounds each dot's inputs to 10 mantissa bits, hence the looser tolerance on a GPU.
+        if not np.isclose(loss0, jax_loss, rtol=1e-4 if device == "cpu" else 2e-3):
             raise AssertionError(f"{name}: step-0 loss {loss0:.6f} != leanjax {jax_loss:.6f}")
         forward = torch.compile(model) if name == "torch_compile" else model
         opt = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
@@ -141,7 +147,7 @@ def run(config, workdir):
         times["jit"].append(time.perf_counter() - start)
         for name, step in torch_steps.items():
             start = time.perf_counter()
-            float(step())  # CPU torch is synchronous; .item() ends the step
+            float(step())  # .item() waits for the step, on CPU and CUDA alike
             times[name].append(time.perf_counter() - start)
     median = {k: statistics.median(v) for k, v in times.items()}
 
@@ -163,8 +169,20 @@ def run(config, workdir):
         model_flops=flops, compiled_flops=audit.flops, peak=dict(flops_per_s=peak.flops_per_s, source=peak.source),
         fusion_kinds=dict(audit.hlo.fusions), kernels=audit.hlo.kernels, bytes_accessed=audit.bytes_accessed,
         unfused_bytes_accessed=unfused.bytes_accessed, unfused_ops=unfused.kernels, step0_loss=jax_loss,
-        torch_missing=missing, torch_threads=_torch_threads(), memory_peak_bytes=audit.memory.peak)
+        torch_missing=missing, torch_threads=_torch_threads(), memory_peak_bytes=audit.memory.peak,
+        device_kind=jax.devices()[0].device_kind)
     return metrics, headline
+
+
+def _torch_device(choice: str, torch) -> str:
+    """`choice` ("cpu", "cuda", or "auto": CUDA when JAX runs on a GPU and torch sees one)."""
+    if choice == "auto":
+        return "cuda" if jax.default_backend() == "gpu" and torch.cuda.is_available() else "cpu"
+    if choice not in ("cpu", "cuda"):
+        raise ValueError(f"config.torch_device={choice!r}: use 'auto', 'cpu' or 'cuda'")
+    if choice == "cuda" and not torch.cuda.is_available():
+        raise ValueError("config.torch_device='cuda' but torch sees no CUDA device")
+    return choice
 
 
 def _torch_threads() -> int | None:
