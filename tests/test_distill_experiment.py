@@ -1,4 +1,4 @@
-"""End to end: `distill:tiny` (2-layer MiniLM teacher, 1-layer student) writes every headline key."""
+"""End to end: `distill:tiny` (1-layer MiniLM teacher, 1-layer 512-token student) writes every headline key."""
 
 import json
 

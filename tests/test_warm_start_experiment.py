@@ -21,7 +21,7 @@ def test_vocab_and_encoding():
     np.testing.assert_array_equal(mask, [[1, 1, 1, 1, 0, 0]])
 
 
-@pytest.mark.slow  # 6 short runs, 2 compiles: ~1 min on idle cores, several on the shared 2 cores
+@pytest.mark.slow  # 3 short runs, 2 compiles: ~2.5 min on the shared 2 cores at load ~10
 def test_tiny_writes_every_headline_key(tmp_path):
     code = _launch.main("warm_start", warm_start.run,
                         ["--config", "configs/warm_start/default.py:tiny", "--workdir", str(tmp_path)])
@@ -30,6 +30,6 @@ def test_tiny_writes_every_headline_key(tmp_path):
     assert set(summary["headline"]) == HEADLINE
     assert 0.5 < summary["headline"]["matched_fraction"] <= 1.0
     metrics = summary["metrics"]
-    assert len(metrics["final_accuracy"]["warm_frozen"]) == 2  # one per seed
+    assert len(metrics["final_accuracy"]["warm_frozen"]) == 1  # one per seed
     assert metrics["embedding_init"]["unmatched"] >= 2  # [PAD] and [UNK] are never in GloVe
     assert (tmp_path / "learning_curves.png").stat().st_size > 1000

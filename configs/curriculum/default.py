@@ -2,7 +2,8 @@
 loss-scored curriculum), 3 seeds each.
 
     python -m leanjax.experiments.curriculum                                        # ~20-30 min, 2 cores
-    python -m leanjax.experiments.curriculum --config configs/curriculum/default.py:tiny   # ~1-2 min
+    python -m leanjax.experiments.curriculum --config configs/curriculum/default.py:tiny   # 3 min 17 s
+        # wall (93 s CPU, mostly ~8 compilations: 1 seed instead of 2 saved no CPU) at load ~14
 
 Headline: the `headline` arm (default lm/length_warmup) against random order: steps to the target
 (the worst random seed's final eval metric), speedup (mean over seeds) and its worst seed.

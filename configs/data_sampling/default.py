@@ -2,7 +2,7 @@
 InfoBatch dynamic pruning vs full data; SemDeDup on MiniLM embeddings of tweets.
 
     python -m leanjax.experiments.data_sampling                                          # ~10-20 min, 2 cores
-    python -m leanjax.experiments.data_sampling --config configs/data_sampling/default.py:tiny   # ~1-2 min
+    python -m leanjax.experiments.data_sampling --config configs/data_sampling/default.py:tiny   # 96 s, load ~15
 
 Headline: fraction_kept, subset.accuracy (config.mode), full.accuracy, random_subset.accuracy,
 dynamic.compute_saved, dynamic.accuracy, dedup.removed_fraction.

@@ -1,23 +1,43 @@
 """`--audit` for any experiment that exposes `build(config)`: compile its train and serving steps and report.
 
-`subject(config, build)` turns an experiment's config into the audit library's `Subject` (the train and
-serving steps, rebuildable with other model options); it is shared with `python -m leanjax.audit`, which
-adds the what-if rows. Like every module under `leanjax/experiments`, this one reads configs.
+`build(config)` returns a dict with at least `params` and `loss(params, batch, rng) -> (loss, metrics)`,
+and the data (`train`; `eval` for the serving batch) unless it gives the batches itself. Optional
+entries stand in for what is otherwise read from the config, for experiments shaped differently:
+
+- `tx`: the optimizer (default: `make_optimizer` from the config's `optimizer`, `learning_rate`,
+  `warmup_steps`, `weight_decay` and `num_steps`, those it has);
+- `metrics(params, batch)`: the serving step (default: the loss, without dropout), on `serve_params`
+  (default: `params`);
+- `train_batch`, `serve_batch`: one batch each (default: drawn from `train` / `eval`, else `train`);
+- `batch_size`, `eval_batch_size`, `num_steps`, `seed`: default the config's keys of those names;
+- `trainable`: the train step's trainable mask (default: every array; e.g. a distillation's teacher
+  is frozen);
+- `serve_arms`: `{name: (metrics, params)}`, more serving steps audited beside the model's own (the
+  int8 model of `quantize`, the student of `distill`): headline `audit.serve.<name>.*`.
+
+`subject(config, build)` turns this into the audit library's `Subject` (rebuildable with other model
+options); it is shared with `python -m leanjax.audit`, which adds the what-if rows. Like every module
+under `leanjax/experiments`, this one reads configs.
 """
 
 from __future__ import annotations
 
 import copy
 
+import jax
 import ml_collections
 
-from leanjax import data
-from leanjax.audit import interventions
+from leanjax import data, transforms
+from leanjax.audit import audit_compiled, interventions
 from leanjax.audit.hardware import measure_peak_flops
 from leanjax.audit.prices import PriceTable
 from leanjax.audit.whatif import Unavailable
 from leanjax.experiments._launch import apply_override
 from leanjax.optim import make_optimizer
+from leanjax.state import TrainState
+from leanjax.step import make_train_step
+
+_OPTIMIZER_KEYS = ("learning_rate", "warmup_steps", "weight_decay")
 
 
 def _keys_named(config: ml_collections.ConfigDict, name: str, prefix: str = "") -> list[str]:
@@ -30,11 +50,35 @@ def _keys_named(config: ml_collections.ConfigDict, name: str, prefix: str = "") 
     return found
 
 
-def subject(config: ml_collections.ConfigDict, build) -> interventions.Subject:
-    """The experiment's train and serving steps, rebuildable with other model options."""
+def _entry(parts: dict, config: ml_collections.ConfigDict, key: str, default=None):
+    """`build`'s entry `key`, else the config's top-level key, else `default`."""
+    if key in parts:
+        return parts[key]
+    return config[key] if key in config else default
+
+
+def _optimizer(config: ml_collections.ConfigDict, num_steps: int | None):
+    options = {k: config[k] for k in _OPTIMIZER_KEYS if k in config}
+    if num_steps:
+        options["total_steps"] = num_steps
+    return make_optimizer(config.get("optimizer", "adamw"), **options)
+
+
+def _deterministic(loss):
+    return lambda params, batch: loss(params, batch, None)[0]
+
+
+def _subject(config: ml_collections.ConfigDict, build) -> tuple[interventions.Subject, dict]:
     parts = build(config)
-    tx = make_optimizer(config.optimizer, learning_rate=config.learning_rate, total_steps=config.num_steps,
-                        warmup_steps=config.warmup_steps, weight_decay=config.weight_decay)
+    seed = _entry(parts, config, "seed", 0)
+    train_batch = parts.get("train_batch")
+    if train_batch is None:
+        train_batch = next(iter(data.batches(parts["train"], batch_size=_entry(parts, config, "batch_size"),
+                                             seed=seed)))
+    serve_batch = parts.get("serve_batch")
+    if serve_batch is None:
+        serve_batch = train_batch if parts.get("eval") is None else next(iter(data.eval_batches(
+            parts["eval"], _entry(parts, config, "eval_batch_size") or _entry(parts, config, "batch_size"))))
 
     def rebuild(**options) -> interventions.Subject:
         changed = copy.deepcopy(config)
@@ -46,32 +90,48 @@ def subject(config: ml_collections.ConfigDict, build) -> interventions.Subject:
                 apply_override(changed, key, str(value))
         return subject(changed, build)
 
-    return interventions.Subject(
-        params=parts["params"],
-        loss=parts["loss"],
-        serve=parts["metrics"],
-        tx=tx,
-        train_batch=next(iter(data.batches(parts["train"], batch_size=config.batch_size, seed=config.seed))),
-        serve_batch=next(iter(data.eval_batches(parts["eval"], config.eval_batch_size))),
-        rebuild=rebuild,
-        seed=config.seed,
-    )
+    base = interventions.Subject(
+        params=parts["params"], loss=parts["loss"], serve=parts.get("metrics") or _deterministic(parts["loss"]),
+        tx=parts.get("tx") or _optimizer(config, _entry(parts, config, "num_steps")),
+        train_batch=train_batch, serve_batch=serve_batch, rebuild=rebuild, seed=seed)
+    return base, parts
+
+
+def subject(config: ml_collections.ConfigDict, build) -> interventions.Subject:
+    """The experiment's train and serving steps, rebuildable with other model options."""
+    return _subject(config, build)[0]
+
+
+def _audit_train(base: interventions.Subject, trainable, **audit_kw):
+    """The train step; with `trainable`, only those leaves train (and have optimizer state)."""
+    if trainable is None:
+        return interventions.audit_train(base, "train step", **audit_kw)
+    state = TrainState.create(base.params, base.tx, jax.random.key(base.seed), trainable=trainable)
+    step = make_train_step(transforms.apply(base.loss), base.tx, trainable=trainable)
+    return audit_compiled(step, state, base.train_batch, name="train step", **audit_kw)
 
 
 def audit_experiment(build, config: ml_collections.ConfigDict, workdir: str, iters: int = 5):
     """Audit the experiment's train and serving steps (nothing is trained): `(metrics, headline)`."""
-    base = subject(config, build)
+    base, parts = _subject(config, build)
     prices = PriceTable.load()
     kw = dict(iters=iters, peak=measure_peak_flops("float32"))
-    train = interventions.audit_train(base, "train step", **kw).priced(prices, steps=config.num_steps)
-    serve = interventions.audit_serve(base, "serving step", **kw).priced(
-        prices, requests_per_step=interventions.requests_per_step(base))
-    print(train.table())
-    print(serve.table())
-    headline = {
-        "audit.train.flops": train.flops, "audit.train.peak_bytes": train.memory.peak,
-        "audit.train.step_time_s": train.timing.median_s, "audit.train.usd_per_run": train.dollars.per_run,
-        "audit.serve.flops": serve.flops, "audit.serve.peak_bytes": serve.memory.peak,
-        "audit.serve.usd_per_1k_requests": serve.dollars.per_1k_requests,
-    }
-    return {"audit": {"train": train.to_dict(), "serve": serve.to_dict()}}, headline
+    per_request = dict(requests_per_step=interventions.requests_per_step(base))
+    train = _audit_train(base, parts.get("trainable"), **kw).priced(
+        prices, steps=_entry(parts, config, "num_steps"))
+    serve = interventions.audit_serve(base, "serving step", parts.get("serve_params"), **kw).priced(
+        prices, **per_request)
+    audits = {"train": train, "serve": serve}
+    for arm, (metrics_fn, params) in parts.get("serve_arms", {}).items():
+        audits[f"serve.{arm}"] = interventions.audit_serve(
+            interventions.Subject(params, base.loss, metrics_fn, base.tx, base.train_batch, base.serve_batch),
+            f"serving step: {arm}", **kw).priced(prices, **per_request)
+    for audit in audits.values():
+        print(audit.table())
+    headline = {"audit.train.flops": train.flops, "audit.train.peak_bytes": train.memory.peak,
+                "audit.train.step_time_s": train.timing.median_s, "audit.train.usd_per_run": train.dollars.per_run}
+    for name, audit in audits.items():
+        if name != "train":
+            headline.update({f"audit.{name}.flops": audit.flops, f"audit.{name}.peak_bytes": audit.memory.peak,
+                             f"audit.{name}.usd_per_1k_requests": audit.dollars.per_1k_requests})
+    return {"audit": {name: audit.to_dict() for name, audit in audits.items()}}, headline

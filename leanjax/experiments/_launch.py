@@ -3,7 +3,8 @@
     --config PATH[:ARG]   a config file defining get_config(arg) (default: configs/<name>/default.py)
     --config.KEY=VALUE    override a (dotted) key; the value is parsed as the key's existing type
     --workdir DIR         where checkpoints, logs, plots and summary.json go (default runs/<name>/<time>)
-    --audit               compile and report cost instead of training, where the experiment supports it
+    --audit               compile and report cost (FLOPs, memory, time, $) instead of training: the steps
+                          the experiment's `build(config)` gives (see leanjax.experiments._audit)
 
 Unknown keys, values of the wrong type and missing files are errors that name the key and suggest the
 closest valid ones. The experiment's `run(config, workdir) -> (metrics, headline)` does the work; this

@@ -8,6 +8,7 @@ running the experiment again with the same workdir resumes at the last step and 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import statistics
 
@@ -49,10 +50,9 @@ def tweets(tokenizer, seq_len: int, train_examples: int, eval_examples: int):
     return train, test
 
 
-def finetuned_minilm(c, workdir: str, *, progress: bool = False):
+def minilm(c):
     """`(model_config, apply_fn, params, tokenizer, train, test)`: MiniLM's first `c.num_layers` layers
-    with a 3-way head, fine-tuned for `c.num_steps` steps (AdamW, `c.learning_rate`) on `c.train_examples`
-    tweets, cached in `workdir` (see module docstring)."""
+    with a fresh 3-way head (not yet fine-tuned), and `c.train_examples` / `c.eval_examples` tweets."""
     pretrained = load_pretrained("minilm", model_cls=SequenceClassifier, model_kwargs={"num_labels": 3},
                                  config_overrides={"dropout": 0.1}, seed=c.seed)
     config = dataclasses.replace(pretrained.config, num_layers=c.num_layers)
@@ -62,20 +62,37 @@ def finetuned_minilm(c, workdir: str, *, progress: bool = False):
     encoder["layers"] = {i: encoder["layers"][i] for i in range(c.num_layers)}
     params = {"encoder": encoder, "classifier": params["classifier"]}
     train, test = tweets(pretrained.tokenizer, c.seq_len, c.train_examples, c.eval_examples)
-    tx = make_optimizer("adamw", learning_rate=c.learning_rate, total_steps=c.num_steps,
-                        warmup_steps=max(c.num_steps // 10, 1), weight_decay=0.01)
+    return config, apply_fn, params, pretrained.tokenizer, train, test
+
+
+def optimizer(c):
+    """The fine-tuning optimizer: AdamW at `c.learning_rate` over `c.num_steps` steps."""
+    return make_optimizer("adamw", learning_rate=c.learning_rate, total_steps=c.num_steps,
+                          warmup_steps=max(c.num_steps // 10, 1), weight_decay=0.01)
+
+
+def finetuned_minilm(c, workdir: str, *, progress: bool = False):
+    """`minilm(c)` fine-tuned for `c.num_steps` steps (`optimizer(c)`), cached in `workdir` (see module
+    docstring)."""
+    config, apply_fn, params, tokenizer, train, test = minilm(c)
+    tx = optimizer(c)
     state = TrainState.create(params, tx, jax.random.key(c.seed))
     step = make_train_step(losses.classification_loss(apply_fn, inputs=INPUTS), tx)
     result = finished(fit(state, step, data.batches(train, batch_size=c.batch_size, seed=c.seed),
                           num_steps=c.num_steps, workdir=workdir, log_every=max(c.num_steps // 5, 1),
                           progress=progress, desc="minilm/finetune"))
-    return config, apply_fn, result.state.params, pretrained.tokenizer, train, test
+    return config, apply_fn, result.state.params, tokenizer, train, test
+
+
+@functools.lru_cache(maxsize=32)
+def _eval_step(apply_fn, inputs):
+    return make_eval_step(losses.classification_metrics(apply_fn, inputs=inputs))
 
 
 def accuracy(apply_fn, params, source, batch_size: int, inputs) -> float:
-    """Accuracy of `apply_fn(params, *batch[inputs])` over every example of `source`."""
-    step = make_eval_step(losses.classification_metrics(apply_fn, inputs=inputs))
-    return evaluate(step, params, data.eval_batches(source, batch_size))["accuracy"]
+    """Accuracy of `apply_fn(params, *batch[inputs])` over every example of `source` (one compiled eval step
+    per `apply_fn`, shared by every params of the same structure)."""
+    return evaluate(_eval_step(apply_fn, tuple(inputs)), params, data.eval_batches(source, batch_size))["accuracy"]
 
 
 def throughput_ratios(arms: dict, batch: tuple, *, rounds: int = 5, iters: int = 3) -> dict[str, float]:

@@ -36,7 +36,7 @@ import jax  # noqa: E402
 
 from leanjax import data  # noqa: E402
 from leanjax.experiments import _launch  # noqa: E402
-from leanjax.experiments.baseline import build  # noqa: E402
+from leanjax.experiments.baseline import build  # noqa: E402  (`--audit` compiles the baseline model too)
 from leanjax.optim import make_optimizer  # noqa: E402
 from leanjax.state import TrainState  # noqa: E402
 from leanjax.step import evaluate, make_eval_step, make_train_step  # noqa: E402
@@ -94,10 +94,9 @@ def _fresh(workdir, name):
     return path
 
 
-def _train(config, workdir, parts, tx, state, **fit_kwargs):
-    """One timed training run in a fresh `workdir`: `(batches, preempted)`."""
+def _train(config, workdir, parts, step, state, **fit_kwargs):
+    """One timed training run of `step` in a fresh `workdir`: `(batches, preempted)`."""
     batches = TimedBatches(data.batches(parts["train"], batch_size=config.batch_size, seed=config.seed))
-    step = make_train_step(parts["loss"], tx)
     state = jax.tree.map(lambda x: x.copy(), state)  # fit donates its state; every variant starts afresh
     result = fit(state, step, batches, num_steps=config.num_steps, workdir=workdir, checkpoint_every=0,
                  log_every=config.log_every, progress=False, **fit_kwargs)
@@ -110,24 +109,25 @@ def run(config, workdir, mode="train"):
     if mode != "train":
         raise _launch.ConfigError(f"--mode={mode}: use train or eval_sidecar")
     parts, tx, state, eval_fn = _setup(config)
+    step = make_train_step(parts["loss"], tx)  # one compiled step for every variant
     eval_device = jax.devices()[-1]  # training runs on the default device, jax.devices()[0]
     if jax.device_count() < 2:
         print("[async_eval] one device: evaluation shares the training device", flush=True)
     rates: dict[str, list[float]] = {"no_eval": [], "sync_eval": [], "async_eval": []}
     lags, latencies, evaluations, skipped = [], [], 0, 0
     for r in range(config.repeats):  # alternate the variants, so drift hits them alike
-        b, preempted = _train(config, _fresh(workdir, f"no_eval_{r}"), parts, tx, state)
+        b, preempted = _train(config, _fresh(workdir, f"no_eval_{r}"), parts, step, state)
         if preempted:  # SIGTERM: stop measuring (a rerun measures again from scratch)
             return {"preempted": True}, {}
         rates["no_eval"].append(b.steps_per_s())
-        b, preempted = _train(config, _fresh(workdir, f"sync_eval_{r}"), parts, tx, state, eval_fn=eval_fn,
+        b, preempted = _train(config, _fresh(workdir, f"sync_eval_{r}"), parts, step, state, eval_fn=eval_fn,
                               eval_every=config.eval_every)
         if preempted:
             return {"preempted": True}, {}
         rates["sync_eval"].append(b.steps_per_s())
         sub = _fresh(workdir, f"async_eval_{r}")
         evaluator = AsyncEvaluator(eval_fn, workdir=sub, placement=eval_device, max_pending=config.max_pending)
-        b, preempted = _train(config, sub, parts, tx, state, eval_every=config.eval_every, **evaluator.fit_hooks())
+        b, preempted = _train(config, sub, parts, step, state, eval_every=config.eval_every, **evaluator.fit_hooks())
         results = evaluator.close(wait=not preempted)
         if preempted:
             return {"preempted": True}, {}

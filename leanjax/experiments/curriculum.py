@@ -76,18 +76,59 @@ def _steps_to_target(curve, target, higher_is_better):
     return hit[0] if hit else None
 
 
-def _mnist(c, seeds):
+def _mnist_problem(c):
+    """`(model(seed) -> (apply_fn, params), tx, train, test)` of the `mnist` task."""
     train, test = data.load("mnist5k", "train"), data.load("mnist5k", "test")
     train = data.ArraySource({k: np.stack([train[i][k] for i in range(len(train))]) for k in ("image", "label")})
 
     def model(seed):
         return functional(MLP(784, tuple(c.hidden), 10, dropout=c.dropout, rngs=nnx.Rngs(seed)))
 
+    tx = make_optimizer("adamw", learning_rate=c.learning_rate, total_steps=c.num_steps, warmup_steps=0)
+    return model, tx, train, test
+
+
+def _lm_problem(c):
+    """`(model(seed) -> (apply_fn, params), tx, train, valid)` of the `lm` task: `c.train_windows` random
+    windows of the train split."""
+    full = data.lm_source("shakespeare", "train", seq_len=c.seq_len)
+    pool = np.random.default_rng(0).choice(len(full), min(c.train_windows, len(full)), replace=False)
+    train = data.ArraySource({k: np.stack([full[int(i)][k] for i in pool]) for k in ("inputs", "targets")})
+    valid = data.lm_source("shakespeare", "validation", seq_len=c.seq_len)
+
+    def model(seed):
+        return functional(CausalLM(TransformerConfig(
+            vocab_size=full.vocab_size, hidden_size=c.hidden_size, num_layers=c.num_layers,
+            num_heads=c.num_heads, intermediate_size=4 * c.hidden_size, max_position_embeddings=c.seq_len,
+            type_vocab_size=0, dropout=0.0, causal=True), rngs=nnx.Rngs(seed)))
+
+    tx = make_optimizer("adamw", learning_rate=c.learning_rate, total_steps=c.num_steps,
+                        warmup_steps=c.warmup_steps)
+    return model, tx, train, valid
+
+
+def build(config):
+    """What `--audit` compiles: the train and evaluation steps of the headline task's model (`config.headline`)
+    at its full batch shape (every arm trains this model; `length_warmup` also at shorter windows)."""
+    task = config.headline.split("/")[0]
+    c = config[task]
+    model, tx, train, evaluation = (_mnist_problem if task == "mnist" else _lm_problem)(c)
+    apply_fn, params = model(0)
+    if task == "mnist":
+        loss, metrics, eval_batch_size = losses.classification_loss, losses.classification_metrics, 500
+    else:
+        loss, metrics, eval_batch_size = losses.lm_loss, losses.lm_metrics, c.batch_size
+    return dict(params=params, loss=loss(apply_fn), metrics=metrics(apply_fn), tx=tx, train=train,
+                eval=evaluation, seed=0, batch_size=c.batch_size, eval_batch_size=eval_batch_size,
+                num_steps=c.num_steps)
+
+
+def _mnist(c, seeds):
+    model, tx, train, test = _mnist_problem(c)
     apply_fn, _ = model(0)
     loss_fn = losses.classification_loss(apply_fn)
     eval_step = make_eval_step(losses.classification_metrics(apply_fn))
     eval_fn = lambda p: evaluate(eval_step, p, data.eval_batches(test, 500))["accuracy"]  # noqa: E731
-    tx = make_optimizer("adamw", learning_rate=c.learning_rate, total_steps=c.num_steps, warmup_steps=0)
     steps = _Steps(loss_fn, tx)
 
     # Difficulty: a proxy model trained briefly in random order, then scored on every training example.
@@ -112,24 +153,12 @@ def _mnist(c, seeds):
 
 
 def _lm(c, seeds):
-    full = data.lm_source("shakespeare", "train", seq_len=c.seq_len)
-    pool = np.random.default_rng(0).choice(len(full), min(c.train_windows, len(full)), replace=False)
-    train = data.ArraySource({k: np.stack([full[int(i)][k] for i in pool]) for k in ("inputs", "targets")})
-    valid = data.lm_source("shakespeare", "validation", seq_len=c.seq_len)
-
-    def model(seed):
-        return functional(CausalLM(TransformerConfig(
-            vocab_size=full.vocab_size, hidden_size=c.hidden_size, num_layers=c.num_layers,
-            num_heads=c.num_heads, intermediate_size=4 * c.hidden_size, max_position_embeddings=c.seq_len,
-            type_vocab_size=0, dropout=0.0, causal=True), rngs=nnx.Rngs(seed)))
-
+    model, tx, train, valid = _lm_problem(c)
     apply_fn, _ = model(0)
     loss_fn = losses.lm_loss(apply_fn)
     eval_step = make_eval_step(losses.lm_metrics(apply_fn))
     eval_fn = lambda p: evaluate(  # noqa: E731
         eval_step, p, itertools.islice(data.eval_batches(valid, c.batch_size), c.eval_batches))["loss"]
-    tx = make_optimizer("adamw", learning_rate=c.learning_rate, total_steps=c.num_steps,
-                        warmup_steps=c.warmup_steps)
     buckets = tuple(c.buckets)
     steps = _Steps(loss_fn, tx)
 

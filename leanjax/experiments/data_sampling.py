@@ -116,6 +116,17 @@ def _dedup(c):
             "examples_removed": [to_str(texts[i])[:120] for i in removed[:5]]}
 
 
+def build(config):
+    """What `--audit` compiles: the MLP's train step on full data (the plain loss: the arms' scored step adds
+    per-example score bookkeeping to it) and its evaluation step."""
+    train, test = data.load("mnist5k", "train"), data.load("mnist5k", "test")
+    trainer = _Trainer(config, test)
+    apply_fn, params = trainer.model(0)
+    return dict(params=params, loss=losses.classification_loss(apply_fn),
+                metrics=losses.classification_metrics(apply_fn), tx=trainer.tx, train=train, eval=test, seed=0,
+                eval_batch_size=500, num_steps=config.epochs * (len(train) // config.batch_size))
+
+
 def run(config, workdir):
     c = config
     raw_train, test = data.load("mnist5k", "train"), data.load("mnist5k", "test")

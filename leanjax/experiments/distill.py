@@ -69,9 +69,29 @@ def _student(config, teacher, tokenizer, train, c):
     return student_apply, params
 
 
+def _optimizer(c):
+    return make_optimizer("adamw", learning_rate=c.student_learning_rate, total_steps=c.student_steps,
+                          warmup_steps=max(c.student_steps // 10, 1), weight_decay=0.01)
+
+
+def build(config):
+    """What `--audit` compiles: the KD train step (student trained, teacher frozen, both in one program; the
+    teacher not fine-tuned), the student's serving step and the teacher's beside it."""
+    c = config
+    model_config, teacher_apply, teacher, tokenizer, train, test = _minilm.minilm(c.teacher)
+    student_apply, student = _student(model_config, teacher, tokenizer, train, c)
+    both = {"student": student, "teacher": teacher}
+    metrics = lambda fn: losses.classification_metrics(fn, inputs=INPUTS)  # noqa: E731
+    return dict(params=both, trainable=distill_trainable(both), tx=_optimizer(c),
+                loss=distillation_loss(student_apply, teacher_apply, inputs=INPUTS, alpha=c.alpha,
+                                       temperature=c.temperature),
+                metrics=metrics(student_apply), serve_params=student,
+                serve_arms={"teacher": (metrics(teacher_apply), teacher)}, train=train, eval=test,
+                num_steps=c.student_steps, seed=c.seed)
+
+
 def _train(loss, params, train, c, workdir, desc, trainable=None):
-    tx = make_optimizer("adamw", learning_rate=c.student_learning_rate, total_steps=c.student_steps,
-                        warmup_steps=max(c.student_steps // 10, 1), weight_decay=0.01)
+    tx = _optimizer(c)
     state = TrainState.create(jax.tree.map(jnp.copy, params), tx, jax.random.key(c.seed), trainable=trainable)
     step = make_train_step(loss, tx, trainable=trainable)
     result = fit(state, step, data.batches(train, batch_size=c.batch_size, seed=c.seed + 1),

@@ -14,7 +14,7 @@ first evaluation step at which fine-tuning reaches scratch's final accuracy; its
 `eval_every`), `speedup` = scratch's steps (the budget) / that, `compute_saved` = 1 - 1/speedup. When
 fine-tuning never reaches scratch's accuracy these three are None.
 
-`config.num_layers < 6` keeps MiniLM's first layers only (the `:tiny` variant uses 2), for fast checks.
+`config.num_layers < 6` keeps MiniLM's first layers only (the `:tiny` variant uses 1), for fast checks.
 """
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ def tweets(split: str, examples: int, seed: int) -> list[dict]:
 
 
 def build(config):
-    """The fine-tuned arm's params, loss, metrics and data; `scratch_params` is the control's start."""
+    """The fine-tuned arm's params, loss, metrics, optimizer and data; `scratch_params` is the control's start."""
     pretrained = load_pretrained("minilm", model_cls=SequenceClassifier, model_kwargs={"num_labels": 3},
                                  config_overrides={"dropout": config.dropout}, seed=config.seed)
     if not 1 <= config.num_layers <= pretrained.config.num_layers:
@@ -71,7 +71,11 @@ def build(config):
                                             config.seq_len)
     evaluation = data.text_classification_source(tweets(config.eval_split, config.eval_examples, seed=0),
                                                  tokenizer, config.seq_len)
-    return dict(params=finetuned, scratch_params=scratch,
+    # The peak rate is an injected hyperparameter (`learning_rate_scale` times a unit schedule, held in the
+    # optimizer state), so the two arms share one optimizer and one compiled train step.
+    tx = make_optimizer("adamw", learning_rate=1.0, total_steps=config.num_steps,
+                        warmup_steps=config.warmup_steps, weight_decay=config.weight_decay)
+    return dict(params=finetuned, scratch_params=scratch, tx=tx,
                 loss=losses.classification_loss(apply_fn, inputs=INPUTS),
                 metrics=losses.classification_metrics(apply_fn, inputs=INPUTS), train=train, eval=evaluation)
 
@@ -115,10 +119,7 @@ def run(config, workdir):
     def eval_fn(params):
         return evaluate(eval_step, params, data.eval_batches(parts["eval"], config.eval_batch_size))
 
-    # The peak rate is an injected hyperparameter (`learning_rate_scale` times a unit schedule, held in the
-    # optimizer state), so the two arms share one optimizer and one compiled train step.
-    tx = make_optimizer("adamw", learning_rate=1.0, total_steps=config.num_steps,
-                        warmup_steps=config.warmup_steps, weight_decay=config.weight_decay)
+    tx = parts["tx"]
     train_step = make_train_step(parts["loss"], tx)
     results = {}
     for arm in ARMS:

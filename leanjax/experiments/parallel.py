@@ -56,14 +56,28 @@ def build_problem(config):
     return apply_fn, tx, state, batches
 
 
+def build(config):
+    """What `--audit` compiles: the LM's train and evaluation steps, unsharded (`run` compiles the step for
+    every candidate mesh and reports each one's cost itself)."""
+    apply_fn, tx, state, batches = build_problem(config)
+    return dict(params=state.params, loss=losses.lm_loss(apply_fn), metrics=losses.lm_metrics(apply_fn), tx=tx,
+                train_batch=next(batches), num_steps=config.train_steps)
+
+
 def run(config, workdir):
     devices = jax.devices()[:config.devices] if config.devices else jax.devices()
     apply_fn, tx, state, batches = build_problem(config)
     batch = next(batches)
 
+    steps = {}
+
     def compiled_for(mesh):
-        loss = sharded_lm_loss(apply_fn, mesh) if config.vocab_parallel_loss else losses.lm_loss(apply_fn)
-        return sharded_train_step(functools.partial(make_train_step, loss, tx), state, batch, mesh)
+        """The step sharded over `mesh`, built once per mesh: training on the chosen mesh reuses the
+        compilation its survey made."""
+        if mesh not in steps:
+            loss = sharded_lm_loss(apply_fn, mesh) if config.vocab_parallel_loss else losses.lm_loss(apply_fn)
+            steps[mesh] = sharded_train_step(functools.partial(make_train_step, loss, tx), state, batch, mesh)
+        return steps[mesh]
 
     def build(mesh):
         step, state_sh, batch_sh = compiled_for(mesh)

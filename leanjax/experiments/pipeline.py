@@ -649,6 +649,18 @@ def headline_of(stages: dict) -> tuple[dict, dict]:
     return headline, breakdown
 
 
+def build(config):
+    """`--audit`: the brute-force reference's train and serving steps, the pipeline's "before"."""
+    ctx = Context(config, workdir="")
+    model_config, params = ctx.pretrained(False)
+    apply_fn = apply_fn_for(model_config)
+    pool, _, test = ctx.sources("base", config.brute.seq_len)
+    return dict(params=params, loss=losses.classification_loss(apply_fn, inputs=INPUTS),
+                metrics=losses.classification_metrics(apply_fn, inputs=INPUTS), train=pool, eval=test,
+                tx=_optimizer(config, config.brute.num_steps), batch_size=config.brute.batch_size,
+                num_steps=config.brute.num_steps)
+
+
 def run(config, workdir):
     ctx = Context(config, workdir)
     stage_dir = ctx.dir("stages")

@@ -24,6 +24,7 @@ import os
 
 import jax
 import jax.numpy as jnp
+import optax
 from flax import nnx
 
 from leanjax import data, losses
@@ -43,41 +44,93 @@ SPARSITIES = {"s50": 0.5, "s75": 0.75, "s90": 0.9}
 MINILM_KERNELS = r"encoder/layers/\d+/(attention/(query|key|value|output)|intermediate|output)/kernel"
 
 
-def _cnn(c, workdir):
-    """The dense CNN, trained; its model pieces and data."""
+def _cnn(c):
+    """The dense CNN (untrained), its half-width twin for the compacted arm, and the data."""
     make = lambda f, d: CNN(10, features=f, dense=d, dropout=c.dropout, image_size=28, rngs=nnx.Rngs(c.seed))  # noqa: E731
     apply_fn, params = functional(make(tuple(c.features), c.dense))
-    train, test = data.load("mnist5k", "train"), data.load("mnist5k", "test")
-    tx = make_optimizer("adamw", learning_rate=c.learning_rate, total_steps=c.dense_steps,
-                        warmup_steps=c.dense_steps // 10, weight_decay=1e-4)
-    step = make_train_step(losses.classification_loss(apply_fn, inputs="image"), tx)
-    result = _minilm.finished(fit(
-        TrainState.create(params, tx, jax.random.key(c.seed)), step,
-        data.batches(train, batch_size=c.batch_size, seed=c.seed), num_steps=c.dense_steps,
-        workdir=os.path.join(workdir, "dense"), log_every=max(c.dense_steps // 5, 1), progress=False,
-        desc="prune/cnn/dense"))
     half = lambda n: n // 2  # noqa: E731
     small_apply, _ = functional(make(tuple(half(f) for f in c.features), half(c.dense)))
-    return dict(apply=apply_fn, params=result.state.params, train=train, test=test, inputs=("image",),
-                unstructured=r".*kernel", nm=r"(hidden|head)/kernel", groups=cnn_groups(result.state.params),
-                small_apply=small_apply)
+    return dict(apply=apply_fn, params=params, train=data.load("mnist5k", "train"), test=data.load("mnist5k", "test"),
+                inputs=("image",), unstructured=r".*kernel", nm=r"(hidden|head)/kernel", groups=cnn_groups(params),
+                small_apply=small_apply, tx=make_optimizer("adamw", learning_rate=c.learning_rate,
+                                                           total_steps=c.dense_steps,
+                                                           warmup_steps=c.dense_steps // 10, weight_decay=1e-4))
 
 
-def _minilm_model(c, workdir):
-    config, apply_fn, params, _, train, test = _minilm.finetuned_minilm(c, os.path.join(workdir, "teacher"))
+def _trained_cnn(c, workdir):
+    """`_cnn(c)` with the dense model trained for `c.dense_steps` steps."""
+    m = _cnn(c)
+    step = make_train_step(losses.classification_loss(m["apply"], inputs="image"), m["tx"])
+    result = _minilm.finished(fit(
+        TrainState.create(m["params"], m["tx"], jax.random.key(c.seed)), step,
+        data.batches(m["train"], batch_size=c.batch_size, seed=c.seed), num_steps=c.dense_steps,
+        workdir=os.path.join(workdir, "dense"), log_every=max(c.dense_steps // 5, 1), progress=False,
+        desc="prune/cnn/dense"))
+    return {**m, "params": result.state.params}
+
+
+def _minilm_model(c, workdir=None):
+    """MiniLM fine-tuned on tweets (cached in `workdir`; None: not fine-tuned) and its half-width twin."""
+    if workdir is None:
+        config, apply_fn, params, _, train, test = _minilm.minilm(c)
+    else:
+        config, apply_fn, params, _, train, test = _minilm.finetuned_minilm(c, os.path.join(workdir, "teacher"))
     # Half the heads (same head size: Attention reshapes its context to (b, t, -1)) and half the FFN neurons.
     small = dataclasses.replace(config, num_heads=config.num_heads // 2,
                                 intermediate_size=config.intermediate_size // 2)
     small_apply, _ = functional(SequenceClassifier(small, 3, rngs=nnx.Rngs(0)))
     return dict(apply=apply_fn, params=params, train=train, test=test, inputs=_minilm.INPUTS,
                 unstructured=MINILM_KERNELS, nm=MINILM_KERNELS,
-                groups=transformer_groups(params, config.num_heads, heads=True), small_apply=small_apply)
+                groups=transformer_groups(params, config.num_heads, heads=True), small_apply=small_apply,
+                tx=_minilm.optimizer(c))
 
 
-def _finetune(m, c, tx, params, workdir, desc):
-    """`prune_steps` of fine-tuning from `params` with `tx` (a pruning wrapper); the final state."""
-    step = make_train_step(losses.classification_loss(m["apply"], inputs=m["inputs"]), tx)
+def build(config):
+    """What `--audit` compiles: the dense `config.models[0]` (untrained), its train and serving steps, and
+    the serving steps of its 2:4-packed and compacted (structured 50%) forms."""
+    name = config.models[0]
+    c = config[name]
+    m = _cnn(c) if name == "cnn" else _minilm_model(c)
+    metrics = lambda fn: losses.classification_metrics(fn, inputs=m["inputs"])  # noqa: E731
+    dense = m["params"]
+    nm, (masks, keep) = nm_masks(dense, m["nm"]), structured_masks(dense, m["groups"], 0.5)
+    return dict(params=dense, loss=losses.classification_loss(m["apply"], inputs=m["inputs"]),
+                metrics=metrics(m["apply"]), train=m["train"], eval=m["test"], tx=m["tx"], seed=c.seed,
+                batch_size=c.batch_size, eval_batch_size=c.eval_batch_size,
+                num_steps=c.dense_steps if name == "cnn" else c.num_steps,
+                serve_arms={"nm24": (metrics(m["apply"]), pack24(apply_masks(dense, nm), m["nm"], nm)),
+                            "structured50": (metrics(m["small_apply"]),
+                                             compact(apply_masks(dense, masks), m["groups"], keep))})
+
+
+def _gradual(optimizer, m, c, ramp: int) -> optax.GradientTransformation:
+    """Zhu & Gupta's gradual magnitude pruning over the first `ramp` steps, its final sparsity an injected
+    hyperparameter (`sparsity`), so that every target sparsity trains with one compiled step."""
+    unit = polynomial_schedule(0.5, 0, ramp)  # from 0, so linear in the final sparsity: s_t = s * unit(t) / 0.5
+
+    def make(sparsity):
+        return prune_by_schedule(optimizer(), lambda step: sparsity * unit(step) / 0.5, magnitude(m["unstructured"]),
+                                 update_every=c.update_every, end_step=ramp)
+
+    return optax.inject_hyperparams(make)(sparsity=0.0)
+
+
+def _on_leaves_of(masks, other):
+    """`masks` with an all-True mask at every leaf where only `other` has one."""
+    return jax.tree.map(lambda a, b: jnp.ones_like(b) if a is None and b is not None else a, masks, other,
+                        is_leaf=lambda x: x is None)
+
+
+def _finetune(m, c, tx, params, workdir, desc, step=None, **hyperparams):
+    """`prune_steps` of fine-tuning from `params` with `tx` (a pruning wrapper); the final state. `step`: a
+    compiled train step shared by arms whose optimizers differ only in their state (masks, or the injected
+    `hyperparams` set here)."""
+    step = step or make_train_step(losses.classification_loss(m["apply"], inputs=m["inputs"]), tx)
     state = TrainState.create(jax.tree.map(jnp.copy, params), tx, jax.random.key(c.seed))
+    if hyperparams:  # injected (optax.inject_hyperparams): values in the state, not in the compiled step
+        injected = {k: jnp.asarray(v, jnp.float32) for k, v in hyperparams.items()}
+        state = state.replace(opt_state=state.opt_state._replace(hyperparams={**state.opt_state.hyperparams,
+                                                                              **injected}))
     result = fit(state, step, data.batches(m["train"], batch_size=c.batch_size, seed=c.seed + 1),
                  num_steps=c.prune_steps, workdir=workdir, log_every=max(c.prune_steps // 5, 1), progress=False,
                  desc=desc)
@@ -92,24 +145,28 @@ def _model(name, m, c, workdir):
     out = {"dense_accuracy": acc(m["apply"], dense)}
     sparsity = {}
     ramp = max(int(c.prune_steps * c.ramp_fraction), 1)
+    tx = _gradual(optimizer, m, c, ramp)
+    step = make_train_step(losses.classification_loss(m["apply"], inputs=m["inputs"]), tx)
     for arm, s in SPARSITIES.items():
-        tx = prune_by_schedule(optimizer(), polynomial_schedule(s, 0, ramp), magnitude(m["unstructured"]),
-                               update_every=c.update_every, end_step=ramp)
-        state = _finetune(m, c, tx, dense, os.path.join(workdir, arm), f"prune/{name}/{arm}")
+        state = _finetune(m, c, tx, dense, os.path.join(workdir, arm), f"prune/{name}/{arm}", step, sparsity=s)
         out[f"{arm}.accuracy"] = acc(m["apply"], state.params)
         sparsity[arm] = report(state.params, masks_of(state.opt_state))
 
-    masks = nm_masks(dense, m["nm"])
-    state = _finetune(m, c, keep_masks(optimizer(), masks), apply_masks(dense, masks),
-                      os.path.join(workdir, "nm24"), f"prune/{name}/nm24")
+    # The fixed masks of both one-shot arms, completed to the same leaves (all-True where only the other
+    # prunes): `keep_masks` reads its masks from the optimizer state, so both train with one compiled step.
+    masks, (structured, keep) = nm_masks(dense, m["nm"]), structured_masks(dense, m["groups"], 0.5)
+    fixed = {"nm24": _on_leaves_of(masks, structured), "structured50": _on_leaves_of(structured, masks)}
+    step = make_train_step(losses.classification_loss(m["apply"], inputs=m["inputs"]),
+                           keep_masks(optimizer(), fixed["nm24"]))
+    state = _finetune(m, c, keep_masks(optimizer(), fixed["nm24"]), apply_masks(dense, masks),
+                      os.path.join(workdir, "nm24"), f"prune/{name}/nm24", step)
     packed = pack24(state.params, m["nm"], masks)
     out["nm24.accuracy"] = acc(apply(m["apply"]), packed)
     out["nm24.size_ratio"] = weight_bytes(packed) / weight_bytes(dense)
     sparsity["nm24"] = report(state.params, masks)
 
-    masks, keep = structured_masks(dense, m["groups"], 0.5)
-    state = _finetune(m, c, keep_masks(optimizer(), masks), apply_masks(dense, masks),
-                      os.path.join(workdir, "structured50"), f"prune/{name}/structured50")
+    state = _finetune(m, c, keep_masks(optimizer(), fixed["structured50"]), apply_masks(dense, structured),
+                      os.path.join(workdir, "structured50"), f"prune/{name}/structured50", step)
     small = compact(state.params, m["groups"], keep)
     out["structured50.accuracy"] = acc(m["small_apply"], small)
     out["structured50.size_ratio"] = weight_bytes(small) / weight_bytes(dense)
@@ -145,7 +202,7 @@ def _plot(headline, path):
 
 def run(config, workdir):
     headline, metrics = {}, {"sparsity": {}}
-    builders = {"cnn": _cnn, "minilm": _minilm_model}
+    builders = {"cnn": _trained_cnn, "minilm": _minilm_model}
     for name in config.models:
         sub = config[name]
         model_dir = os.path.join(workdir, name)

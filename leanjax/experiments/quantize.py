@@ -94,16 +94,37 @@ def quantized(params, bits: int, group_size: int | None, *, serve: bool):
     return transforms.serve_int8(params, KERNELS) if serve else params
 
 
-def finetune(config, workdir):
-    """`(apply_fn, fine-tuned params, eval source)`, the fine-tune cached in `workdir`."""
+def _model(config):
+    """`(apply_fn, params, train, eval)`: MiniLM (unrolled layers) before fine-tuning, and the tweets."""
     model_config, params, tokenizer = minilm(config, scan_layers=False)
-    apply_fn = apply_fn_for(model_config)
     train = data.text_classification_source(tweets("train", config.train_examples, config.seed), tokenizer,
                                             config.seq_len)
     evaluation = data.text_classification_source(tweets("test", config.eval_examples, seed=0), tokenizer,
                                                  config.seq_len)
-    tx = make_optimizer("adamw", learning_rate=config.learning_rate, total_steps=config.num_steps,
-                        warmup_steps=config.warmup_steps, weight_decay=config.weight_decay)
+    return apply_fn_for(model_config), params, train, evaluation
+
+
+def _optimizer(config):
+    return make_optimizer("adamw", learning_rate=config.learning_rate, total_steps=config.num_steps,
+                          warmup_steps=config.warmup_steps, weight_decay=config.weight_decay)
+
+
+def build(config):
+    """What `--audit` compiles: the fine-tuning train step, the f32 serving step, and beside it the int8
+    and int4 (W8A8 / W4A8) serving steps on the same (not yet fine-tuned) weights."""
+    apply_fn, params, train, evaluation = _model(config)
+    metrics = losses.classification_metrics(apply_fn, inputs=INPUTS)
+    arms = {"int8": quantized(params, 8, None, serve=True),
+            "int4": quantized(params, 4, config.int4_group_size, serve=True)}
+    return dict(params=params, loss=losses.classification_loss(apply_fn, inputs=INPUTS), metrics=metrics,
+                tx=_optimizer(config), train=train, eval=evaluation,
+                serve_arms={arm: (metrics, p) for arm, p in arms.items()})
+
+
+def finetune(config, workdir):
+    """`(apply_fn, fine-tuned params, eval source)`, the fine-tune cached in `workdir`."""
+    apply_fn, params, train, evaluation = _model(config)
+    tx = _optimizer(config)
     step = make_train_step(losses.classification_loss(apply_fn, inputs=INPUTS), tx)
     result = fit(TrainState.create(params, tx, jax.random.key(config.seed)), step,
                  data.batches(train, batch_size=config.batch_size, seed=config.seed), num_steps=config.num_steps,

@@ -63,13 +63,31 @@ def validation_split(source, size: int, seed: int) -> tuple[data.ArraySource, da
             data.ArraySource({k: v[order[:size]] for k, v in arrays.items()}))
 
 
+def _cnn(config, features, dense, seed):
+    return CNN(10, features=tuple(features), dense=dense, dropout=config.cnn.dropout, image_size=28,
+               rngs=nnx.Rngs(seed))
+
+
+def _optimizer(config, num_steps: int):
+    return make_optimizer("adamw", learning_rate=1.0, total_steps=num_steps, warmup_steps=config.warmup_steps)
+
+
+def build(config):
+    """What `--audit` compiles: one trial's train step (the tuned CNN; the sampled hyperparameters are
+    injected, so every trial runs this program) and its evaluation step."""
+    apply_fn, params = functional(_cnn(config, config.cnn.features, config.cnn.dense, config.seed))
+    return dict(params=params, loss=losses.classification_loss(apply_fn, inputs="image"),
+                metrics=losses.classification_metrics(apply_fn, inputs="image"),
+                tx=_optimizer(config, config.num_steps), train=data.load("mnist5k", "train"),
+                eval=data.load("mnist5k", "test"))
+
+
 def make_task(config, *, features, dense, batch_size: int, num_steps: int) -> Task:
     def model(seed):
-        return CNN(10, features=tuple(features), dense=dense, dropout=config.cnn.dropout, image_size=28,
-                   rngs=nnx.Rngs(seed))
+        return _cnn(config, features, dense, seed)
 
     apply_fn, _ = functional(nnx.eval_shape(lambda: model(jax.random.key(0))))  # the graph only
-    tx = make_optimizer("adamw", learning_rate=1.0, total_steps=num_steps, warmup_steps=config.warmup_steps)
+    tx = _optimizer(config, num_steps)
     step_fn = make_train_step(losses.classification_loss(apply_fn, inputs="image"), tx, jit=False)
     eval_step_fn = make_eval_step(losses.classification_metrics(apply_fn, inputs="image"), jit=False)
     eval_step = jax.jit(eval_step_fn)
@@ -160,11 +178,11 @@ def plot_history(studies: dict[str, list[list]], path: str) -> None:
     plt.close(fig)
 
 
-def population_benchmark(config, storage, name: str, *, features, dense, batch_size: int,
+def population_benchmark(config, storage, name: str, task: Task, *, features, dense, batch_size: int,
                          num_steps: int) -> dict:
-    """The same N trials as one vmapped population (Optuna trials) and one after another; times both."""
+    """The same N trials as one vmapped population (Optuna trials) and one after another; times both.
+    `task` is `make_task(config, **the other keywords)`."""
     n, key = config.population.n, config.objective
-    task = make_task(config, features=features, dense=dense, batch_size=batch_size, num_steps=num_steps)
     pop_step = tune.make_population_step(task.step_fn)
     pop_eval_fn = tune.make_population_eval(task.eval_step_fn)
     eval_every = min(config.eval_every, num_steps)
@@ -210,20 +228,33 @@ def run(config, workdir):
         raise _launch.ConfigError("config.methods must include 'random': it sets the compute-to-target goal")
     storage = tune.open_storage(tune.storage_url(config.storage, workdir),
                                 heartbeat_interval=config.heartbeat_interval, grace_period=config.grace_period)
-    task = make_task(config, features=config.cnn.features, dense=config.cnn.dense,
-                     batch_size=config.batch_size, num_steps=config.num_steps)
+    tasks = {}
+
+    def task_for(**problem) -> Task:
+        """One `Task` (one set of compiled steps) per problem: a population benchmark of the studies' own
+        problem (same model, batch and steps) reuses theirs."""
+        key = repr(sorted(problem.items()))
+        if key not in tasks:
+            tasks[key] = make_task(config, **problem)
+        return tasks[key]
+
+    def benchmark(name, **problem):
+        return population_benchmark(config, storage, name, task_for(**problem), **problem)
+
+    p = config.population
+    task = task_for(features=config.cnn.features, dense=config.cnn.dense, batch_size=config.batch_size,
+                    num_steps=config.num_steps)
     studies = run_studies(config, storage, task)
     metrics, headline = compare(studies)
     plot_history(studies, f"{workdir}/history.png")
 
-    small = population_benchmark(config, storage, f"{config.study_name}-population", features=config.cnn.features,
-                                 dense=config.cnn.dense, batch_size=config.batch_size,
-                                 num_steps=config.population.num_steps)
-    p = config.population
-    large = population_benchmark(config, storage, f"{config.study_name}-population-large",
-                                 features=p.large_features, dense=p.large_dense,
-                                 batch_size=p.large_batch_size, num_steps=p.large_num_steps)
-    metrics["population"] = {"small": small, "large": large}
+    small = benchmark(f"{config.study_name}-population", features=config.cnn.features, dense=config.cnn.dense,
+                      batch_size=config.batch_size, num_steps=p.num_steps)
+    metrics["population"] = {"small": small}
+    if p.large_num_steps:  # 0: skip the larger model's comparison
+        metrics["population"]["large"] = benchmark(
+            f"{config.study_name}-population-large", features=p.large_features, dense=p.large_dense,
+            batch_size=p.large_batch_size, num_steps=p.large_num_steps)
     headline = {k: headline[k] for k in ("random.best", "tpe.best", "tpe_hyperband.best",
                                          "tpe_hyperband.compute_to_target", "random.compute_to_target")
                 if k in headline}

@@ -94,14 +94,16 @@ def _with_embedding(params: dict, table: np.ndarray) -> dict:
 
 
 def build(config):
-    """Vocabulary, GloVe start, the warm arm's params (seed `config.seeds[0]`), loss, metrics and data."""
+    """Vocabulary, GloVe start, the warm arm's params (seed `config.seeds[0]`), loss, metrics, optimizer, data."""
     train = tweets("train", config.train_examples, seed=0)
     vocab = build_vocab([to_str(e["text"]) for e in train], config.vocab_size)
     glove_words, glove = glove_vectors()
     init = init_embeddings(vocab, method="vectors", words=glove_words, vectors=glove, dim=config.hidden_size,
                            rng=config.seeds[0], scale=config.embedding_scale or None)
     apply_fn, params = _model(config, len(vocab), config.seeds[0])
-    return dict(params=_with_embedding(params, init.table), init=init, vocab=vocab,
+    tx = make_optimizer("adamw", learning_rate=config.learning_rate, total_steps=config.num_steps,
+                        warmup_steps=config.warmup_steps, weight_decay=config.weight_decay)
+    return dict(params=_with_embedding(params, init.table), init=init, vocab=vocab, tx=tx, seed=config.seeds[0],
                 loss=losses.classification_loss(apply_fn, inputs=INPUTS),
                 metrics=losses.classification_metrics(apply_fn, inputs=INPUTS),
                 train=_source(train, vocab, config.seq_len),
@@ -149,8 +151,7 @@ def run(config, workdir):
     def eval_fn(params):
         return evaluate(eval_step, params, data.eval_batches(parts["eval"], config.eval_batch_size))
 
-    tx = make_optimizer("adamw", learning_rate=config.learning_rate, total_steps=config.num_steps,
-                        warmup_steps=config.warmup_steps, weight_decay=config.weight_decay)
+    tx = parts["tx"]
     optimizers = {"random": tx, "warm": tx, "warm_frozen": train_rows(tx, {EMBEDDING: ~init.matched})}
     # One jitted step per optimizer, shared by every seed (and by `random` and `warm`): compiled once.
     train_steps = {arm: make_train_step(parts["loss"], optimizers[arm]) for arm in ("random", "warm_frozen")}
