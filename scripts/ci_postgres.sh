@@ -47,4 +47,5 @@ trap stop EXIT
 # SQLAlchemy 2.1 maps a bare postgresql:// to psycopg 3; name the driver installed.
 export LEANJAX_TEST_POSTGRES_URL="postgresql+psycopg2://leanjax@127.0.0.1:$PORT/leanjax_test"
 echo "ci_postgres: server up at $LEANJAX_TEST_POSTGRES_URL"
-"$PY" -m pytest tests/test_tune_workers.py -k postgresql -p no:cacheprovider -q
+# -n 0: in this process (pyproject's addopts run two xdist workers); the cases share one database.
+"$PY" -m pytest tests/test_tune_workers.py -k postgresql -p no:cacheprovider -q -n 0

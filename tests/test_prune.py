@@ -141,6 +141,12 @@ def test_pack24_model_outputs_and_size():
     assert ratio == pytest.approx(17 / 32)
 
 
+def _apply_fn_of(make):
+    """The apply function of the model `make` builds, without initialising it (nnx.eval_shape): the
+    compacted params come from the big model, and a concrete init costs seconds of small compiles."""
+    return functional(nnx.eval_shape(make))[0]
+
+
 def _assert_compact_matches(apply_small, small, apply_fn, masked, *args):
     np.testing.assert_allclose(apply_small(small, *args), apply_fn(masked, *args), rtol=1e-4, atol=1e-5)
 
@@ -150,7 +156,7 @@ def test_compact_mlp_and_cnn_equal_masked():
     masks, keep = structured_masks(params, mlp_groups(params), 0.5)
     small = compact(apply_masks(params, masks), mlp_groups(params), keep)
     assert small["layers"][0]["kernel"].shape == (12, 8) and small["layers"][2]["kernel"].shape == (4, 3)
-    apply_small, _ = functional(MLP(12, (8, 4), 3, rngs=nnx.Rngs(1)))
+    apply_small = _apply_fn_of(lambda: MLP(12, (8, 4), 3, rngs=nnx.Rngs(1)))
     x = jax.random.normal(jax.random.key(0), (5, 12))
     _assert_compact_matches(apply_small, small, apply_fn, apply_masks(params, masks), x)
 
@@ -159,7 +165,7 @@ def test_compact_mlp_and_cnn_equal_masked():
     masks, keep = structured_masks(params, groups, 0.5)
     small = compact(apply_masks(params, masks), groups, keep)
     assert small["hidden"]["kernel"].shape == (2 * 2 * 4, 4)
-    apply_small, _ = functional(CNN(4, features=(2, 4), dense=4, image_size=8, rngs=nnx.Rngs(1)))
+    apply_small = _apply_fn_of(lambda: CNN(4, features=(2, 4), dense=4, image_size=8, rngs=nnx.Rngs(1)))
     images = jax.random.uniform(jax.random.key(1), (3, 8, 8))
     _assert_compact_matches(apply_small, small, apply_fn, apply_masks(params, masks), images)
 
@@ -172,7 +178,7 @@ def test_compact_transformer_neurons_equal_masked():
     masks, keep = structured_masks(params, groups, 0.5)
     small = compact(apply_masks(params, masks), groups, keep)
     small_cfg = TransformerConfig(**{**cfg.__dict__, "intermediate_size": 16})
-    apply_small, _ = functional(SequenceClassifier(small_cfg, 3, rngs=nnx.Rngs(1)))
+    apply_small = _apply_fn_of(lambda: SequenceClassifier(small_cfg, 3, rngs=nnx.Rngs(1)))
     ids = jax.random.randint(jax.random.key(0), (2, 8), 0, 30)
     _assert_compact_matches(apply_small, small, apply_fn, apply_masks(params, masks), ids, jnp.ones((2, 8)))
     # Head groups: masks zero q/k/v columns and output rows in head-sized blocks.
@@ -186,5 +192,5 @@ def test_compact_transformer_neurons_equal_masked():
     small = compact(apply_masks(params, masks), both, keep)
     assert small["encoder"]["layers"][0]["attention"]["query"]["kernel"].shape == (16, 8)
     small_cfg = TransformerConfig(**{**cfg.__dict__, "intermediate_size": 16, "num_heads": 1})
-    apply_small, _ = functional(SequenceClassifier(small_cfg, 3, rngs=nnx.Rngs(1)))
+    apply_small = _apply_fn_of(lambda: SequenceClassifier(small_cfg, 3, rngs=nnx.Rngs(1)))
     _assert_compact_matches(apply_small, small, apply_fn, apply_masks(params, masks), ids, jnp.ones((2, 8)))
