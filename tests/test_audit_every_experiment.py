@@ -18,7 +18,7 @@ EXPERIMENTS = sorted(m.name for m in pkgutil.iter_modules(leanjax.experiments.__
                      if not m.name.startswith("_") and (ROOT / "configs" / m.name / "default.py").is_file())
 # Audited in the default suite (~15-40 s each on 2 loaded cores); the rest (up to minutes each: MiniLM
 # loads, several serving arms) are marked slow.
-FAST = {"baseline", "data_sampling", "tune"}
+FAST = {"baseline"}
 
 
 def test_every_experiment_has_a_build():

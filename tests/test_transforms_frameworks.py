@@ -51,7 +51,8 @@ def _train_step(loss, params, *args):
     return T.combine(optax.apply_updates(train, updates), frozen), grads, state
 
 
-@pytest.mark.parametrize("scan_layers", [False, True])
+# Stacked (scanned) weights are the path with its own slicing rules; unrolled layers run in `make test-slow`.
+@pytest.mark.parametrize("scan_layers", [pytest.param(False, marks=pytest.mark.slow), True])
 def test_leanjax_nnx_causal_lm_qlora(scan_layers):
     cfg = TransformerConfig(vocab_size=32, hidden_size=16, num_layers=2, num_heads=2, intermediate_size=32,
                             max_position_embeddings=8, type_vocab_size=0, scan_layers=scan_layers)

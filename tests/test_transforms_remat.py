@@ -33,7 +33,8 @@ def _qlora_loss_and_grads(remat: str, scan_layers: bool):
     return jax.jit(jax.value_and_grad(loss))(train)
 
 
-@pytest.mark.parametrize("scan_layers", [True, False])
+# Stacked (scanned) weights are the path with its own slicing rules; unrolled layers run in `make test-slow`.
+@pytest.mark.parametrize("scan_layers", [True, pytest.param(False, marks=pytest.mark.slow)])
 def test_remat_qlora_matches_no_remat_without_materialising(scan_layers):
     reference = _qlora_loss_and_grads("none", scan_layers)
     with warnings.catch_warnings():

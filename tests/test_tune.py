@@ -80,6 +80,7 @@ def test_population_members_equal_sequential_trials():
     assert float(jnp.abs(finals[0] - finals[1]).max()) > 1e-2
 
 
+@pytest.mark.slow  # ~50 s of compiles; the members-equal-sequential test stays in the default suite
 def test_population_shrinks_when_members_are_pruned():
     pop_eval = tune.make_population_eval(EVAL_FN)
     seen = []
