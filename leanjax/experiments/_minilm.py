@@ -50,17 +50,25 @@ def tweets(tokenizer, seq_len: int, train_examples: int, eval_examples: int):
     return train, test
 
 
+def classifier(num_layers: int, *, dropout: float, seed: int):
+    """`(pretrained, model_config, apply_fn, fresh, loaded)`: a 3-way classifier of MiniLM's first
+    `num_layers` layers; `fresh` is its random init, `loaded` the same with MiniLM's encoder weights (the
+    same head, so the encoder's start is the only difference between the two)."""
+    pretrained = load_pretrained("minilm", model_cls=SequenceClassifier, model_kwargs={"num_labels": 3},
+                                 config_overrides={"dropout": dropout}, seed=seed)
+    if not 1 <= num_layers <= pretrained.config.num_layers:
+        raise ValueError(f"config.num_layers={num_layers}: MiniLM has {pretrained.config.num_layers}")
+    config = dataclasses.replace(pretrained.config, num_layers=num_layers)
+    apply_fn, fresh = functional(SequenceClassifier(config, 3, rngs=nnx.Rngs(seed)))
+    _, weights = functional(pretrained.model)
+    encoder = {**weights["encoder"], "layers": {i: weights["encoder"]["layers"][i] for i in range(num_layers)}}
+    return pretrained, config, apply_fn, fresh, {"encoder": encoder, "classifier": fresh["classifier"]}
+
+
 def minilm(c):
     """`(model_config, apply_fn, params, tokenizer, train, test)`: MiniLM's first `c.num_layers` layers
     with a fresh 3-way head (not yet fine-tuned), and `c.train_examples` / `c.eval_examples` tweets."""
-    pretrained = load_pretrained("minilm", model_cls=SequenceClassifier, model_kwargs={"num_labels": 3},
-                                 config_overrides={"dropout": 0.1}, seed=c.seed)
-    config = dataclasses.replace(pretrained.config, num_layers=c.num_layers)
-    apply_fn, params = functional(SequenceClassifier(config, 3, rngs=nnx.Rngs(c.seed)))
-    _, loaded = functional(pretrained.model)
-    encoder = dict(loaded["encoder"])
-    encoder["layers"] = {i: encoder["layers"][i] for i in range(c.num_layers)}
-    params = {"encoder": encoder, "classifier": params["classifier"]}
+    pretrained, config, apply_fn, _, params = classifier(c.num_layers, dropout=0.1, seed=c.seed)
     train, test = tweets(pretrained.tokenizer, c.seq_len, c.train_examples, c.eval_examples)
     return config, apply_fn, params, pretrained.tokenizer, train, test
 

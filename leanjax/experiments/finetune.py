@@ -19,23 +19,19 @@ fine-tuning never reaches scratch's accuracy these three are None.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import nnx
 
 from leanjax import data, losses
-from leanjax.experiments import _launch
-from leanjax.models import SequenceClassifier, functional
+from leanjax.experiments import _launch, _minilm
 from leanjax.optim import make_optimizer
 from leanjax.state import TrainState
 from leanjax.step import evaluate, make_eval_step, make_train_step
 from leanjax.train import fit, plot_curves
 from leanjax.trees import count_params
-from leanjax.weights import load_pretrained
 
 INPUTS = ("input_ids", "attention_mask")
 ARMS = ("finetuned", "scratch")
@@ -53,17 +49,8 @@ def tweets(split: str, examples: int, seed: int) -> list[dict]:
 
 def build(config):
     """The fine-tuned arm's params, loss, metrics, optimizer and data; `scratch_params` is the control's start."""
-    pretrained = load_pretrained("minilm", model_cls=SequenceClassifier, model_kwargs={"num_labels": 3},
-                                 config_overrides={"dropout": config.dropout}, seed=config.seed)
-    if not 1 <= config.num_layers <= pretrained.config.num_layers:
-        raise ValueError(f"config.num_layers={config.num_layers}: MiniLM has {pretrained.config.num_layers}")
-    model_config = dataclasses.replace(pretrained.config, num_layers=config.num_layers)
-    apply_fn, scratch = functional(SequenceClassifier(model_config, 3, rngs=nnx.Rngs(config.seed)))
-    _, loaded = functional(pretrained.model)
-    encoder = dict(loaded["encoder"])
-    encoder["layers"] = {i: encoder["layers"][i] for i in range(config.num_layers)}
-    # The same head init in both arms: the encoder's start is the only difference.
-    finetuned = {"encoder": encoder, "classifier": scratch["classifier"]}
+    pretrained, _, apply_fn, scratch, finetuned = _minilm.classifier(
+        config.num_layers, dropout=config.dropout, seed=config.seed)
 
     tokenizer = pretrained.tokenizer
     # A list of examples is a `Source` (len + getitem): tokenized once, in one batch.

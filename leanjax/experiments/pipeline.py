@@ -62,6 +62,7 @@ from leanjax.data.scores import score_source
 from leanjax.data.source import to_str
 from leanjax.experiments import _launch, _report
 from leanjax.experiments.finetune import tweets
+from leanjax.experiments.lora import apply_fn_for, minilm
 from leanjax.experiments.quantize import quantized
 from leanjax.models import SequenceClassifier, functional
 from leanjax.optim import make_optimizer
@@ -70,7 +71,6 @@ from leanjax.step import evaluate, make_eval_step, make_train_step
 from leanjax.train import fit
 from leanjax.train.async_eval import AsyncEvaluator
 from leanjax.transforms.distill import cache_topk, offline_distillation_loss
-from leanjax.weights import load_pretrained
 from leanjax.weights.embeddings import init_embeddings
 
 INPUTS = ("input_ids", "attention_mask")
@@ -132,16 +132,9 @@ class Context:
     def pretrained(self, scan_layers: bool):
         """`(model_config, params)`: MiniLM's first `num_layers` layers with a fresh 3-way head."""
         def make():
-            pre = load_pretrained("minilm", model_cls=SequenceClassifier, model_kwargs={"num_labels": NUM_LABELS},
-                                  config_overrides={"dropout": self.c.dropout}, scan_layers=scan_layers,
-                                  seed=self.c.seed)
-            n = self.c.num_layers
-            _, params = functional(pre.model)
-            layers = params["encoder"]["layers"]
-            layers = jax.tree.map(lambda x: x[:n], layers) if scan_layers else {i: layers[i] for i in range(n)}
-            params = {**params, "encoder": {**params["encoder"], "layers": layers}}
-            self._cache["tokenizer"] = pre.tokenizer
-            return dataclasses.replace(pre.config, num_layers=n), params
+            model_config, params, tokenizer = minilm(self.c, scan_layers=scan_layers)
+            self._cache["tokenizer"] = tokenizer
+            return model_config, params
         return self.cached(("pretrained", scan_layers), make)
 
     def tokenizer(self):
@@ -183,13 +176,6 @@ def _subword_rows(words, tokenizer, table, seed) -> np.ndarray:
     tok.no_padding()
     tok.no_truncation()
     return init_embeddings(words, method="subword", tokenizer=tok, vectors=table, rng=seed).table
-
-
-def apply_fn_for(model_config, **options):
-    """The pure `apply_fn` of a `SequenceClassifier` with `options` set; builds no params."""
-    abstract = nnx.eval_shape(lambda: SequenceClassifier(dataclasses.replace(model_config, **options), NUM_LABELS,
-                                                         rngs=nnx.Rngs(0)))
-    return functional(abstract)[0]
 
 
 def qlora(params, c, seed: int):
