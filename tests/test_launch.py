@@ -56,3 +56,25 @@ def test_missing_pieces_are_one_clear_line(tmp_path, capsys, error):
 
     assert _launch.main("baseline", run, ["--config", TINY, "--workdir", str(tmp_path)]) == 1
     assert capsys.readouterr().err.strip() == f"error: {error}"
+
+
+def test_fast_compile_flag_is_added_once_and_never_overrides_a_set_level():
+    env = {"XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
+    assert _launch.use_fast_compile(env)
+    assert env["XLA_FLAGS"] == "--xla_force_host_platform_device_count=8 " + _launch.FAST_COMPILE_FLAG
+    assert not _launch.use_fast_compile(env)  # already there: unchanged
+    assert env["XLA_FLAGS"].count("xla_backend_optimization_level") == 1
+    own = {"XLA_FLAGS": "--xla_backend_optimization_level=2"}
+    assert not _launch.use_fast_compile(own) and own["XLA_FLAGS"] == "--xla_backend_optimization_level=2"
+    empty = {}
+    assert _launch.use_fast_compile(empty) and empty["XLA_FLAGS"] == _launch.FAST_COMPILE_FLAG
+
+
+def test_tiny_variant_runs_with_fast_compile_recorded_in_the_summary(tmp_path):
+    import json
+    import os
+
+    assert _launch.main("baseline", _run_ok, ["--config", TINY, "--workdir", str(tmp_path)]) == 0
+    assert _launch.FAST_COMPILE_FLAG in os.environ["XLA_FLAGS"]
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert "xla_backend_optimization_level" in summary["versions"]["XLA_FLAGS"]

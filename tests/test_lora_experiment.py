@@ -39,7 +39,7 @@ def test_adapter_arms_train_adapters_and_head_only():
         lora.arm_params(params, "dora", **kw)
 
 
-@pytest.mark.slow  # loads the 22.7M-param MiniLM, compiles 6 memory audits and 3 train steps: minutes
+@pytest.mark.slow  # loads the 22.7M-param MiniLM, compiles 4 memory audits and 3 train steps: minutes
 def test_tiny_writes_every_headline_key(tmp_path):
     code = _launch.main("lora", lora.run, ["--config", "configs/lora/default.py:tiny", "--workdir", str(tmp_path)])
     assert code == 0

@@ -101,7 +101,8 @@ def build(config):
 
 
 def memory_peaks(config, model_config, params_by_arm) -> dict[str, int]:
-    """Compiled train-step peak bytes of every arm, with and without remat, at the memory shape."""
+    """Compiled train-step peak bytes of every arm without remat and of `config.remat_arms` with it, at the
+    memory shape."""
     shape = (config.memory_batch, config.memory_seq_len)
     if config.memory_seq_len > model_config.max_position_embeddings:
         raise ValueError(f"memory_seq_len={config.memory_seq_len} > {model_config.max_position_embeddings}")
@@ -115,6 +116,8 @@ def memory_peaks(config, model_config, params_by_arm) -> dict[str, int]:
             serve=losses.classification_metrics(apply_fn, inputs=INPUTS), tx=_optimizer(config, 1e-4),
             train_batch=batch, serve_batch=batch, seed=config.seed)
         for arm, params in params_by_arm.items():
+            if remat != "none" and arm not in config.remat_arms:
+                continue
             name = arm if remat == "none" else f"{arm}_remat"
             # The audit freezes plain arrays of the adapter arms, the 3-way head included (1,155 params).
             audit = interventions.audit_train(subject, name, params, freeze_plain=arm != "full", iters=0)

@@ -1,7 +1,8 @@
 """The experiment contract: `summary.json` in the workdir (see shared DESIGN.md).
 
 `{"experiment", "config", "device", "versions", "wall_s", "metrics", "headline"}`; `headline` holds the
-flat, dotted figures that the issues name.
+flat, dotted figures that the issues name. `versions` also records XLA_FLAGS when set (they change
+compile and step times).
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ def versions() -> dict[str, str]:
             out[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
             pass
+    if os.environ.get("XLA_FLAGS"):
+        out["XLA_FLAGS"] = os.environ["XLA_FLAGS"]
     return out
 
 
