@@ -1,6 +1,6 @@
 """prune: dense vs 50/75/90% unstructured, 2:4 (packed) and 50% structured (compacted), CNN and MiniLM.
 
-    python -m leanjax.experiments.prune --workdir runs/prune                            # ~30 min, 2 loaded cores
+    python -m leanjax.experiments.prune --workdir runs/prune                            # 26 min, load 2-7
     python -m leanjax.experiments.prune --config configs/prune/default.py:tiny          # 11.5 min at load ~13
 
 Budget (default): CNN(32, 64, dense 128) trained 600 steps, each arm fine-tuned 300 steps (batch 64);
