@@ -103,3 +103,21 @@ def test_optimizer_rejects_unknown_names():
         make_optimizer("adagrad").init({"w": jnp.zeros(2)})
     with pytest.raises(ValueError, match="unknown schedule"):
         make_optimizer("adam", schedule="step")
+
+
+def test_adafactor_keeps_factored_state_and_matches_optax():
+    """Adafactor's state for a [256, 128] matrix is its row and column second moments (384 numbers, vs
+    Adam's 65,536), and one step equals optax's adafactor with an absolute rate."""
+    w = jax.random.normal(jax.random.key(0), (256, 128))
+    grads = {"w": jax.random.normal(jax.random.key(1), (256, 128)), "b": jnp.ones(128)}
+    params = {"w": w, "b": jnp.zeros(128)}
+    tx = make_optimizer("adafactor", learning_rate=1e-2, total_steps=10, clip_norm=None)
+    state = tx.init(params)
+    sizes = sum(x.size for x in jax.tree.leaves(state) if jnp.ndim(x) > 0)
+    adam_sizes = sum(x.size for x in jax.tree.leaves(make_optimizer("adam").init(params)) if jnp.ndim(x) > 0)
+    assert sizes < 0.02 * adam_sizes, (sizes, adam_sizes)
+    updates, _ = tx.update(grads, state, params)
+    reference = optax.adafactor(optax.cosine_decay_schedule(1e-2, 10), multiply_by_parameter_scale=False,
+                                weight_decay_rate=0.0)
+    expected, _ = reference.update(grads, reference.init(params), params)
+    chex.assert_trees_all_close(updates, expected, rtol=1e-5, atol=1e-7)

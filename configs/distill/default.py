@@ -1,7 +1,7 @@
 """distill: MiniLM (6 layers, fine-tuned on tweets) -> a 2-layer, 8k-vocabulary student, vs labels alone.
 
     python -m leanjax.experiments.distill --workdir runs/distill                       # ~30 min, 2 loaded cores
-    python -m leanjax.experiments.distill --config configs/distill/default.py:tiny     # 5 min at load ~12
+    python -m leanjax.experiments.distill --config configs/distill/default.py:tiny   # 60 s, quiet 2 cores
 
 Budget (default): teacher fine-tuned 60 steps of batch 32 x 48 tokens on 4,096 tweets; each student arm
 100 steps of batch 32 on the same tweets; accuracy on the first 512 test tweets. Goals: a student with

@@ -1,7 +1,7 @@
 """finetune: all-MiniLM-L6-v2 fine-tuned on tweet sentiment vs the same model from scratch, same budget.
 
     python -m leanjax.experiments.finetune                                        # 13.4 min, load 2-5
-    python -m leanjax.experiments.finetune --config configs/finetune/default.py:tiny   # 82 s-3.4 min, load 11-13
+    python -m leanjax.experiments.finetune --config configs/finetune/default.py:tiny   # 32 s, quiet 2 cores
 
 Budget (default): 100 steps of batch 32 x 48 tokens per arm (48 covers 99% of the tweets' MiniLM
 tokens). One MiniLM step is ~0.1 TFLOP (2.3-4 s on the 2 cores at load 2-5); evaluation on 256 test tweets every

@@ -1,7 +1,7 @@
 """lora: MiniLM on tweet sentiment by full fine-tuning, LoRA (f32 base) and QLoRA (NF4 base), +remat.
 
     python -m leanjax.experiments.lora                                      # 42.5 min, 2 cores at load 4-7
-    python -m leanjax.experiments.lora --config configs/lora/default.py:tiny   # ~2-3 min
+    python -m leanjax.experiments.lora --config configs/lora/default.py:tiny   # 76 s, quiet 2 cores
 
 Budget (default): 3 arms x 150 steps of batch 32 x 48 tokens (48 covers 99% of the tweets' MiniLM
 tokens), on 6,000 training tweets; evaluation on 512 random test tweets. Memory is compiled (not run) at

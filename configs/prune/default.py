@@ -1,7 +1,7 @@
 """prune: dense vs 50/75/90% unstructured, 2:4 (packed) and 50% structured (compacted), CNN and MiniLM.
 
     python -m leanjax.experiments.prune --workdir runs/prune                            # 26 min, load 2-7
-    python -m leanjax.experiments.prune --config configs/prune/default.py:tiny          # 11.5 min at load ~13
+    python -m leanjax.experiments.prune --config configs/prune/default.py:tiny   # 150 s, quiet 2 cores
 
 Budget (default): CNN(32, 64, dense 128) trained 600 steps, each arm fine-tuned 300 steps (batch 64);
 MiniLM (6 layers, seq 48) fine-tuned 60 steps of batch 32 on 4,096 tweets, each arm 20 steps, evaluated

@@ -1,7 +1,7 @@
 """quantize: post-training int8 / int4 (W8A8 / W4A8 serving) of fine-tuned MiniLM vs f32 and Qwix.
 
     python -m leanjax.experiments.quantize                                         # ~15-20 min on 2 loaded cores
-    python -m leanjax.experiments.quantize --config configs/quantize/default.py:tiny   # 125 s (59 s CPU), load ~12
+    python -m leanjax.experiments.quantize --config configs/quantize/default.py:tiny   # 35 s, quiet 2 cores
 
 Budget (default): full fine-tune of MiniLM for 150 steps of batch 32 x 48 tokens on 6,000 random training
 tweets (cached in the workdir), then every arm evaluated on 1,024 random test tweets and timed on one

@@ -188,9 +188,10 @@ def qlora(params, c, seed: int):
     return params, mask
 
 
-def _optimizer(c, num_steps: int, weight_decay: float = 0.01):
-    """AdamW, warmup + cosine, peak rate injected (`learning_rate_scale`): one program for any rate."""
-    return make_optimizer("adamw", learning_rate=1.0, total_steps=num_steps,
+def _optimizer(c, num_steps: int, weight_decay: float = 0.01, name: str = "adamw"):
+    """AdamW (or `name`), warmup + cosine, peak rate injected (`learning_rate_scale`): one program for any
+    rate."""
+    return make_optimizer(name, learning_rate=1.0, total_steps=num_steps,
                           warmup_steps=max(1, num_steps // 10), weight_decay=weight_decay)
 
 
@@ -515,7 +516,7 @@ def stage_distill(ctx: Context) -> dict:
                        len(pool), NUM_LABELS)
     train = data.ArraySource({**pool.arrays, **cache})
     student_apply, params, info = _student(ctx, model_config, teacher)
-    tx = _optimizer(c, d.num_steps)
+    tx = _optimizer(c, d.num_steps, name=d.optimizer)
     step = make_train_step(offline_distillation_loss(student_apply, inputs=INPUTS, alpha=d.alpha,
                                                      temperature=d.temperature), tx,
                            grad_accum_steps=_accum(c, d.batch_size))
@@ -541,7 +542,7 @@ def _trained_student(ctx: Context):
     # The student's shapes come from the teacher's; its values from its own final checkpoint.
     _, teacher = ctx.lean_base(c.num_layers)
     student_apply, params, _ = _student(ctx, model_config, teacher)
-    tx = _optimizer(c, d.num_steps)
+    tx = _optimizer(c, d.num_steps, name=d.optimizer)
     state = TrainState.create(params, tx, jax.random.key(c.seed))
     zeros = {"teacher_values": np.zeros((len(pool), NUM_LABELS), np.float32),
              "teacher_indices": np.zeros((len(pool), NUM_LABELS), np.int32)}
