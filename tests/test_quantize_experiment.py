@@ -54,7 +54,7 @@ def test_qwix_arm_or_a_reason_without_qwix(monkeypatch):
     assert float(jnp.abs(out - ref).max()) < 0.05 * float(jnp.abs(ref).max()) + 1e-3
 
 
-@pytest.mark.slow  # loads MiniLM, fine-tunes its first layer for 2 steps, compiles 6 serving arms
+# In `make test`: the `:tiny` contract (every headline key) at ~30-35 s on 2 quiet cores (-O0).
 def test_tiny_writes_every_headline_key(tmp_path):
     code = _launch.main("quantize", quantize.run,
                         ["--config", "configs/quantize/default.py:tiny", "--workdir", str(tmp_path)])

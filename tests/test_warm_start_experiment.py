@@ -3,7 +3,6 @@
 import json
 
 import numpy as np
-import pytest
 
 from leanjax.experiments import _launch, warm_start
 
@@ -21,7 +20,7 @@ def test_vocab_and_encoding():
     np.testing.assert_array_equal(mask, [[1, 1, 1, 1, 0, 0]])
 
 
-@pytest.mark.slow  # 3 short runs, 2 compiles: ~2.5 min on the shared 2 cores at load ~10
+# In `make test`: the `:tiny` contract (every headline key) at ~30-35 s on 2 quiet cores (-O0).
 def test_tiny_writes_every_headline_key(tmp_path):
     code = _launch.main("warm_start", warm_start.run,
                         ["--config", "configs/warm_start/default.py:tiny", "--workdir", str(tmp_path)])
