@@ -4,8 +4,8 @@
 and the data (`train`; `eval` for the serving batch) unless it gives the batches itself. Optional
 entries stand in for what is otherwise read from the config, for experiments shaped differently:
 
-- `tx`: the optimizer (default: `make_optimizer` from the config's `optimizer`, `learning_rate`,
-  `warmup_steps`, `weight_decay` and `num_steps`, those it has);
+- `tx`: the optimizer (default: `_launch.config_optimizer`, from the config's `optimizer`,
+  `learning_rate`, `warmup_steps`, `weight_decay` and `num_steps`, those it has);
 - `metrics(params, batch)`: the serving step (default: the loss, without dropout), on `serve_params`
   (default: `params`);
 - `train_batch`, `serve_batch`: one batch each (default: drawn from `train` / `eval`, else `train`);
@@ -32,13 +32,9 @@ from leanjax.audit import audit_compiled, interventions
 from leanjax.audit.hardware import measure_peak_flops
 from leanjax.audit.prices import PriceTable
 from leanjax.audit.whatif import Unavailable
-from leanjax.experiments._launch import apply_override
-from leanjax.optim import make_optimizer
+from leanjax.experiments._launch import apply_override, config_optimizer
 from leanjax.state import TrainState
 from leanjax.step import make_train_step
-
-_OPTIMIZER_KEYS = ("learning_rate", "warmup_steps", "weight_decay")
-
 
 def _keys_named(config: ml_collections.ConfigDict, name: str, prefix: str = "") -> list[str]:
     found = []
@@ -55,13 +51,6 @@ def _entry(parts: dict, config: ml_collections.ConfigDict, key: str, default=Non
     if key in parts:
         return parts[key]
     return config[key] if key in config else default
-
-
-def _optimizer(config: ml_collections.ConfigDict, num_steps: int | None):
-    options = {k: config[k] for k in _OPTIMIZER_KEYS if k in config}
-    if num_steps:
-        options["total_steps"] = num_steps
-    return make_optimizer(config.get("optimizer", "adamw"), **options)
 
 
 def _deterministic(loss):
@@ -92,7 +81,7 @@ def _subject(config: ml_collections.ConfigDict, build) -> tuple[interventions.Su
 
     base = interventions.Subject(
         params=parts["params"], loss=parts["loss"], serve=parts.get("metrics") or _deterministic(parts["loss"]),
-        tx=parts.get("tx") or _optimizer(config, _entry(parts, config, "num_steps")),
+        tx=parts.get("tx") or config_optimizer(config, num_steps=_entry(parts, config, "num_steps")),
         train_batch=train_batch, serve_batch=serve_batch, rebuild=rebuild, seed=seed)
     return base, parts
 

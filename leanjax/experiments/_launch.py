@@ -30,6 +30,7 @@ from typing import Any, Callable
 import ml_collections
 
 from leanjax.data.source import DatasetNotFoundError
+from leanjax.optim import make_optimizer
 from leanjax.train.checkpoint import IncompatibleCheckpointError
 from leanjax.train.loop import NonFiniteLossError
 from leanjax.train.summary import write_summary
@@ -135,6 +136,20 @@ def apply_override(config: ml_collections.ConfigDict, key: str, text: str) -> No
         node[leaf] = _parse_value(text, current, key)
     except TypeError as e:  # ml_collections' own type check
         raise ConfigError(f"config.{key}: {e}") from None
+
+
+def config_optimizer(config: ml_collections.ConfigDict, *, learning_rate: float | None = None,
+                     num_steps: int | None = None):
+    """`make_optimizer` from the config's `optimizer` (default 'adamw'), `learning_rate`, `warmup_steps`,
+    `weight_decay` and `num_steps` (the schedule's total), those it has; `learning_rate` and `num_steps`
+    given here replace the config's."""
+    options = {k: config[k] for k in ("learning_rate", "warmup_steps", "weight_decay") if k in config}
+    if learning_rate is not None:
+        options["learning_rate"] = learning_rate
+    total = num_steps or config.get("num_steps")
+    if total:
+        options["total_steps"] = total
+    return make_optimizer(config.get("optimizer", "adamw"), **options)
 
 
 FAST_COMPILE_FLAG = "--xla_backend_optimization_level=0"

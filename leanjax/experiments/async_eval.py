@@ -37,7 +37,6 @@ import jax  # noqa: E402
 from leanjax import data  # noqa: E402
 from leanjax.experiments import _launch  # noqa: E402
 from leanjax.experiments.baseline import build  # noqa: E402  (`--audit` compiles the baseline model too)
-from leanjax.optim import make_optimizer  # noqa: E402
 from leanjax.state import TrainState  # noqa: E402
 from leanjax.step import evaluate, make_eval_step, make_train_step  # noqa: E402
 from leanjax.train import fit  # noqa: E402
@@ -75,8 +74,7 @@ class TimedBatches:
 
 def _setup(config):
     parts = build(config)
-    tx = make_optimizer(config.optimizer, learning_rate=config.learning_rate, total_steps=config.num_steps,
-                        warmup_steps=config.warmup_steps, weight_decay=config.weight_decay)
+    tx = _launch.config_optimizer(config)
     state = TrainState.create(parts["params"], tx, jax.random.key(config.seed))
     eval_step = make_eval_step(parts["metrics"])
 

@@ -15,7 +15,6 @@ from flax import nnx
 from leanjax import data, losses
 from leanjax.experiments import _launch
 from leanjax.models import CNN, CausalLM, TransformerConfig, functional
-from leanjax.optim import make_optimizer
 from leanjax.state import TrainState
 from leanjax.step import evaluate, make_eval_step, make_train_step
 from leanjax.train import fit, plot_curves
@@ -49,8 +48,7 @@ def build(config):
 
 def run(config, workdir):
     parts = build(config)
-    tx = make_optimizer(config.optimizer, learning_rate=config.learning_rate, total_steps=config.num_steps,
-                        warmup_steps=config.warmup_steps, weight_decay=config.weight_decay)
+    tx = _launch.config_optimizer(config)
     state = TrainState.create(parts["params"], tx, jax.random.key(config.seed))
     train_step = make_train_step(parts["loss"], tx, grad_accum_steps=config.grad_accum_steps)
     eval_step = make_eval_step(parts["metrics"])

@@ -32,7 +32,6 @@ from leanjax.audit import interventions
 from leanjax.experiments import _launch
 from leanjax.experiments.finetune import tweets
 from leanjax.models import SequenceClassifier, functional
-from leanjax.optim import make_optimizer
 from leanjax.state import TrainState
 from leanjax.step import evaluate, make_eval_step, make_train_step
 from leanjax.train import fit
@@ -83,11 +82,6 @@ def arm_params(params, arm: str, *, rank: int, alpha: float, group_size: int, se
     return params, mask
 
 
-def _optimizer(config, learning_rate: float):
-    return make_optimizer(config.optimizer, learning_rate=learning_rate, total_steps=config.num_steps,
-                          warmup_steps=config.warmup_steps, weight_decay=config.weight_decay)
-
-
 def build(config):
     """The full fine-tune's params, loss, metrics and data (what `--audit` compiles)."""
     model_config, params, tokenizer = minilm(config, scan_layers=True)
@@ -113,7 +107,8 @@ def memory_peaks(config, model_config, params_by_arm) -> dict[str, int]:
         apply_fn = apply_fn_for(model_config, remat=remat)
         subject = interventions.Subject(
             params=params_by_arm["full"], loss=losses.classification_loss(apply_fn, inputs=INPUTS),
-            serve=losses.classification_metrics(apply_fn, inputs=INPUTS), tx=_optimizer(config, 1e-4),
+            serve=losses.classification_metrics(apply_fn, inputs=INPUTS),
+            tx=_launch.config_optimizer(config, learning_rate=1e-4),
             train_batch=batch, serve_batch=batch, seed=config.seed)
         for arm, params in params_by_arm.items():
             if remat != "none" and arm not in config.remat_arms:
@@ -153,7 +148,7 @@ def run(config, workdir):
                       "qlora": config.lora_learning_rate}
     results, steps = {}, {}
     for arm in ARMS:
-        tx = _optimizer(config, learning_rates[arm])
+        tx = _launch.config_optimizer(config, learning_rate=learning_rates[arm])
         # A copy: the step donates its state, and the arms share their frozen and plain arrays.
         start = jax.tree.map(jnp.copy, params_by_arm[arm])
         state = TrainState.create(start, tx, jax.random.key(config.seed), trainable=masks[arm])

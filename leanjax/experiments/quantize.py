@@ -34,7 +34,6 @@ from leanjax import data, losses, transforms
 from leanjax.experiments import _launch
 from leanjax.experiments._minilm import throughput_ratios
 from leanjax.experiments.lora import INPUTS, apply_fn_for, minilm, tweets
-from leanjax.optim import make_optimizer
 from leanjax.state import TrainState
 from leanjax.step import evaluate, make_eval_step, make_train_step
 from leanjax.train import fit
@@ -104,11 +103,6 @@ def _model(config):
     return apply_fn_for(model_config), params, train, evaluation
 
 
-def _optimizer(config):
-    return make_optimizer("adamw", learning_rate=config.learning_rate, total_steps=config.num_steps,
-                          warmup_steps=config.warmup_steps, weight_decay=config.weight_decay)
-
-
 def build(config):
     """What `--audit` compiles: the fine-tuning train step, the f32 serving step, and beside it the int8
     and int4 (W8A8 / W4A8) serving steps on the same (not yet fine-tuned) weights."""
@@ -117,14 +111,14 @@ def build(config):
     arms = {"int8": quantized(params, 8, None, serve=True),
             "int4": quantized(params, 4, config.int4_group_size, serve=True)}
     return dict(params=params, loss=losses.classification_loss(apply_fn, inputs=INPUTS), metrics=metrics,
-                tx=_optimizer(config), train=train, eval=evaluation,
+                tx=_launch.config_optimizer(config), train=train, eval=evaluation,
                 serve_arms={arm: (metrics, p) for arm, p in arms.items()})
 
 
 def finetune(config, workdir):
     """`(apply_fn, fine-tuned params, eval source)`, the fine-tune cached in `workdir`."""
     apply_fn, params, train, evaluation = _model(config)
-    tx = _optimizer(config)
+    tx = _launch.config_optimizer(config)
     step = make_train_step(losses.classification_loss(apply_fn, inputs=INPUTS), tx)
     result = fit(TrainState.create(params, tx, jax.random.key(config.seed)), step,
                  data.batches(train, batch_size=config.batch_size, seed=config.seed), num_steps=config.num_steps,

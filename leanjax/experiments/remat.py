@@ -26,7 +26,6 @@ from leanjax import data, losses
 from leanjax.audit import interventions, remat_auto
 from leanjax.experiments import _launch
 from leanjax.models import CausalLM, TransformerConfig, functional
-from leanjax.optim import make_optimizer
 from leanjax.state import TrainState
 from leanjax.step import make_train_step
 
@@ -45,11 +44,6 @@ def build(config):
     apply_fn, params = functional(model)
     return dict(params=params, loss=losses.lm_loss(apply_fn), metrics=losses.lm_metrics(apply_fn),
                 train=train, eval=evaluation)
-
-
-def _optimizer(config):
-    return make_optimizer(config.optimizer, learning_rate=config.learning_rate, total_steps=config.num_steps,
-                          warmup_steps=config.warmup_steps, weight_decay=config.weight_decay)
 
 
 def _with_policy(config, policy: str):
@@ -83,7 +77,7 @@ def run(config, workdir):
     kinds = [_kind(p) for p in policies]
     if len(set(kinds)) != len(kinds):
         raise _launch.ConfigError(f"config.policies has two policies of one kind: {policies}")
-    tx = _optimizer(config)
+    tx = _launch.config_optimizer(config)
     base = build(config)
     batch = next(iter(data.batches(base["train"], batch_size=config.batch_size, seed=config.seed)))
     steps: dict[str, tuple] = {}

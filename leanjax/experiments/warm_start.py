@@ -36,7 +36,6 @@ from leanjax.data.source import to_str
 from leanjax.experiments import _launch
 from leanjax.experiments.finetune import tweets
 from leanjax.models import SequenceClassifier, TransformerConfig, functional
-from leanjax.optim import make_optimizer
 from leanjax.state import TrainState
 from leanjax.step import evaluate, make_eval_step, make_train_step
 from leanjax.train import fit
@@ -101,8 +100,7 @@ def build(config):
     init = init_embeddings(vocab, method="vectors", words=glove_words, vectors=glove, dim=config.hidden_size,
                            rng=config.seeds[0], scale=config.embedding_scale or None)
     apply_fn, params = _model(config, len(vocab), config.seeds[0])
-    tx = make_optimizer("adamw", learning_rate=config.learning_rate, total_steps=config.num_steps,
-                        warmup_steps=config.warmup_steps, weight_decay=config.weight_decay)
+    tx = _launch.config_optimizer(config)
     return dict(params=_with_embedding(params, init.table), init=init, vocab=vocab, tx=tx, seed=config.seeds[0],
                 loss=losses.classification_loss(apply_fn, inputs=INPUTS),
                 metrics=losses.classification_metrics(apply_fn, inputs=INPUTS),
