@@ -60,9 +60,9 @@ from leanjax.audit.remat_auto import Candidate, NoPolicyFits, pick
 from leanjax.data.sampling import select_by_score
 from leanjax.data.scores import score_source
 from leanjax.data.source import to_str
-from leanjax.experiments import _launch, _report
+from leanjax.experiments import _launch, _minilm, _report
 from leanjax.experiments.finetune import tweets
-from leanjax.experiments.lora import apply_fn_for, minilm
+from leanjax.experiments.lora import apply_fn_for, arm_params, minilm
 from leanjax.experiments.quantize import quantized
 from leanjax.models import SequenceClassifier, functional
 from leanjax.optim import make_optimizer
@@ -74,8 +74,6 @@ from leanjax.transforms.distill import cache_topk, offline_distillation_loss
 from leanjax.weights.embeddings import init_embeddings
 
 INPUTS = ("input_ids", "attention_mask")
-ENCODER_KERNELS = r"encoder/layers/.*kernel"
-EMBEDDINGS = r"encoder/embeddings/(word|position)/embedding"
 NUM_LABELS = 3
 _WORDS = re.compile(r"[@#]?[a-z0-9_']+")
 
@@ -179,13 +177,10 @@ def _subword_rows(words, tokenizer, table, seed) -> np.ndarray:
 
 
 def qlora(params, c, seed: int):
-    """`(params, trainable mask)`: NF4 encoder kernels and embeddings, rank-r LoRA adapters; the head trains."""
-    params = transforms.quantize(params, ENCODER_KERNELS, bits=4, scheme="nf4", group_size=c.qlora_group_size)
-    params = transforms.quantize(params, EMBEDDINGS, bits=4, scheme="nf4", group_size=c.qlora_group_size, axis=-1)
-    params = transforms.lora(params, ENCODER_KERNELS, rank=c.lora_rank, alpha=c.lora_alpha, key=jax.random.key(seed))
-    mask = transforms.trainable(params, freeze_plain=True)
-    mask["classifier"] = jax.tree.map(lambda _: True, mask["classifier"])
-    return params, mask
+    """`(params, trainable mask)`: NF4 encoder kernels and embeddings, rank-r LoRA adapters; the head trains
+    (the `lora` experiment's `qlora` arm)."""
+    return arm_params(params, "qlora", rank=c.lora_rank, alpha=c.lora_alpha, group_size=c.qlora_group_size,
+                      seed=seed)
 
 
 def _optimizer(c, num_steps: int, weight_decay: float = 0.01, name: str = "adamw"):
@@ -240,13 +235,7 @@ def _fit(ctx, name, state, step, source, *, num_steps, batch_size, seed, **kw):
     result = fit(state, step, data.batches(source, batch_size=batch_size, seed=seed), num_steps=num_steps,
                  workdir=ctx.dir(name), log_every=max(1, num_steps // 10), progress=ctx.c.progress,
                  desc=f"pipeline/{name}", **kw)
-    if result.preempted:
-        raise _Preempted
-    return result
-
-
-class _Preempted(Exception):
-    pass
+    return _minilm.finished(result)  # SIGTERM: raises _minilm.Preempted, which `run` catches
 
 
 # ------------------------------------------------------------------------------------------ stages
@@ -665,7 +654,7 @@ def run(config, workdir):
         t0 = time.perf_counter()
         try:
             result = fn(ctx)
-        except _Preempted:
+        except _minilm.Preempted:
             return {"preempted": True}, {}
         wall = time.perf_counter() - t0
         result = {**result, "wall_s": wall, "usd": ctx.usd(wall), "usd_per_hour": ctx.rate}
