@@ -12,7 +12,8 @@ XLA_FLAGS already sets a level). Its step times and throughput ratios are then n
 
 Unknown keys, values of the wrong type and missing files are errors that name the key and suggest the
 closest valid ones. The experiment's `run(config, workdir) -> (metrics, headline)` does the work; this
-module times it and writes summary.json.
+module times it and writes summary.json. `config_optimizer(config)` is the optimizer that a config's
+`optimizer` / `learning_rate` / `warmup_steps` / `weight_decay` / `num_steps` keys describe.
 """
 
 from __future__ import annotations
