@@ -78,7 +78,7 @@ def build(config):
     """What `--audit` compiles: the KD train step (student trained, teacher frozen, both in one program; the
     teacher not fine-tuned), the student's serving step and the teacher's beside it."""
     c = config
-    model_config, teacher_apply, teacher, tokenizer, train, test = _minilm.minilm(c.teacher)
+    model_config, teacher_apply, teacher, tokenizer, train, test = _minilm.minilm_and_tweets(c.teacher)
     student_apply, student = _student(model_config, teacher, tokenizer, train, c)
     both = {"student": student, "teacher": teacher}
     metrics = lambda fn: losses.classification_metrics(fn, inputs=INPUTS)  # noqa: E731

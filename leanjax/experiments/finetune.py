@@ -23,7 +23,6 @@ import os
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from leanjax import data, losses
 from leanjax.experiments import _launch, _minilm
@@ -33,18 +32,8 @@ from leanjax.step import evaluate, make_eval_step, make_train_step
 from leanjax.train import fit, plot_curves
 from leanjax.trees import count_params
 
-INPUTS = ("input_ids", "attention_mask")
+INPUTS = _minilm.INPUTS
 ARMS = ("finetuned", "scratch")
-
-
-def tweets(split: str, examples: int, seed: int) -> list[dict]:
-    """A fixed random subset of `examples` tweets of `split` (0: all), read in one batch, drawn by seed
-    so that every class is represented whatever the stored order."""
-    source = data.load("tweets", split)
-    rows = range(len(source))
-    if examples and examples < len(source):
-        rows = np.sort(np.random.default_rng(seed).permutation(len(source))[:examples]).tolist()
-    return source.__getitems__(rows)
 
 
 def build(config):
@@ -54,9 +43,9 @@ def build(config):
 
     tokenizer = pretrained.tokenizer
     # A list of examples is a `Source` (len + getitem): tokenized once, in one batch.
-    train = data.text_classification_source(tweets("train", config.train_examples, config.seed), tokenizer,
+    train = data.text_classification_source(_minilm.tweets("train", config.train_examples, config.seed), tokenizer,
                                             config.seq_len)
-    evaluation = data.text_classification_source(tweets(config.eval_split, config.eval_examples, seed=0),
+    evaluation = data.text_classification_source(_minilm.tweets(config.eval_split, config.eval_examples, seed=0),
                                                  tokenizer, config.seq_len)
     # The peak rate is an injected hyperparameter (`learning_rate_scale` times a unit schedule, held in the
     # optimizer state), so the two arms share one optimizer and one compiled train step.

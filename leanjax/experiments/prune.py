@@ -72,7 +72,7 @@ def _trained_cnn(c, workdir):
 def _minilm_model(c, workdir=None):
     """MiniLM fine-tuned on tweets (cached in `workdir`; None: not fine-tuned) and its half-width twin."""
     if workdir is None:
-        config, apply_fn, params, _, train, test = _minilm.minilm(c)
+        config, apply_fn, params, _, train, test = _minilm.minilm_and_tweets(c)
     else:
         config, apply_fn, params, _, train, test = _minilm.finetuned_minilm(c, os.path.join(workdir, "teacher"))
     # Half the heads (same head size: Attention reshapes its context to (b, t, -1)) and half the FFN neurons.

@@ -34,7 +34,7 @@ from flax import nnx
 from leanjax import data, losses
 from leanjax.data.source import to_str
 from leanjax.experiments import _launch
-from leanjax.experiments.finetune import tweets
+from leanjax.experiments._minilm import tweets
 from leanjax.models import SequenceClassifier, TransformerConfig, functional
 from leanjax.state import TrainState
 from leanjax.step import evaluate, make_eval_step, make_train_step
