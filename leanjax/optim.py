@@ -37,10 +37,30 @@ def learning_rate_schedule(learning_rate: float, total_steps: int, warmup_steps:
 def make_optimizer(name: str = "adamw", *, learning_rate: float = 1e-3, total_steps: int = 1000,
                    warmup_steps: int = 0, schedule: str = "cosine", weight_decay: float = 0.0,
                    clip_norm: float | None = 1.0, b1: float = 0.9, b2: float = 0.999,
-                   momentum: float = 0.9) -> optax.GradientTransformation:
-    """`name` is 'adamw', 'adam', 'adafactor' or 'sgd'. The peak learning rate and weight decay are
-    injectable."""
-    lr_fn = learning_rate_schedule(learning_rate, total_steps, warmup_steps, schedule)
+                   momentum: float = 0.9, inject_learning_rate: bool = False) -> optax.GradientTransformation:
+    """An optimizer whose rate scale and weight decay live in its state (`optax.inject_hyperparams`).
+
+    Args:
+      name: 'adamw', 'adam', 'adafactor' or 'sgd'.
+      learning_rate: the peak rate of the schedule.
+      total_steps: the schedule's length (warmup included).
+      warmup_steps: linear warmup from 0.
+      schedule: 'cosine', 'linear' (both to 0) or 'constant' after the warmup.
+      weight_decay: decoupled weight decay (injected: `opt_state.hyperparams["weight_decay"]`).
+      clip_norm: global-norm gradient clipping; None: none.
+      b1: Adam's first-moment decay.
+      b2: Adam's second-moment decay.
+      momentum: SGD's momentum.
+      inject_learning_rate: the schedule gets a unit peak and `learning_rate` is the injected
+        `learning_rate_scale` instead, so optimizers differing only in their rate share one compiled step
+        (set it per run with `leanjax.tune.set_hyperparams`). Without it the scale is 1.
+
+    Returns:
+      An `optax.GradientTransformation` (its state holds `hyperparams`).
+    """
+    scale = learning_rate if inject_learning_rate else 1.0
+    lr_fn = learning_rate_schedule(1.0 if inject_learning_rate else learning_rate, total_steps, warmup_steps,
+                                   schedule)
 
     def build(learning_rate_scale, weight_decay):
         lr = lambda count: lr_fn(count) * learning_rate_scale  # noqa: E731
@@ -56,4 +76,4 @@ def make_optimizer(name: str = "adamw", *, learning_rate: float = 1e-3, total_st
             raise ValueError(f"unknown optimizer {name!r}: use 'adamw', 'adam', 'adafactor' or 'sgd'")
         return optax.chain(optax.clip_by_global_norm(clip_norm), core) if clip_norm else core
 
-    return optax.inject_hyperparams(build)(learning_rate_scale=1.0, weight_decay=weight_decay)
+    return optax.inject_hyperparams(build)(learning_rate_scale=scale, weight_decay=weight_decay)

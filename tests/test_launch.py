@@ -78,3 +78,34 @@ def test_tiny_variant_runs_with_fast_compile_recorded_in_the_summary(tmp_path):
     assert _launch.FAST_COMPILE_FLAG in os.environ["XLA_FLAGS"]
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert "xla_backend_optimization_level" in summary["versions"]["XLA_FLAGS"]
+
+
+def test_config_optimizer_reads_the_config_and_takes_named_overrides():
+    import jax
+    import jax.numpy as jnp
+    import ml_collections
+    import numpy as np
+
+    from leanjax.optim import make_optimizer
+
+    config = ml_collections.ConfigDict(dict(learning_rate=0.1, num_steps=10, warmup_steps=2, weight_decay=0.5,
+                                            student_learning_rate=0.3, clip_norm=None, schedule="linear"))
+    params, grads = {"w": jnp.ones((3,))}, {"w": jnp.full((3,), 2.0)}
+
+    def updates(tx, steps=3):
+        state = tx.init(params)
+        for _ in range(steps):
+            u, state = tx.update(grads, state, params)
+        return np.asarray(u["w"]), state
+
+    expected = make_optimizer("adamw", learning_rate=0.3, total_steps=10, warmup_steps=2, weight_decay=0.5,
+                              clip_norm=None, schedule="linear")
+    got = _launch.config_optimizer(config, learning_rate=config.student_learning_rate)
+    np.testing.assert_allclose(updates(got)[0], updates(expected)[0], rtol=1e-6)
+    # An injected rate: a unit schedule times the rate held in the state; the same updates.
+    injected, state = updates(_launch.config_optimizer(config, learning_rate=0.3, inject_learning_rate=True))
+    assert float(state.hyperparams["learning_rate_scale"]) == pytest.approx(0.3)
+    np.testing.assert_allclose(injected, updates(expected)[0], rtol=1e-5)
+    assert jax.tree.structure(state) == jax.tree.structure(updates(expected)[1])
+    with pytest.raises(TypeError, match=r"unknown option\(s\) \['lr'\]"):
+        _launch.config_optimizer(config, lr=0.1)

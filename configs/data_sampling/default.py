@@ -20,6 +20,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.batch_size = 64
     c.learning_rate = 1e-3
     c.weight_decay = 1e-4
+    c.schedule = "constant"
     c.epochs = 20
     c.score = "el2n_avg"          # a ScoreStore field: el2n_avg, el2n, loss, margin, forgetting
     c.fraction = 0.5

@@ -19,6 +19,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.batch_size = 16
     c.learning_rate = 1e-3
     c.weight_decay = 0.0
+    c.schedule = "constant"  # with no clipping: what torch.optim.AdamW does
+    c.clip_norm = None
     c.model = ml_collections.ConfigDict(dict(
         tokenizer="char", seq_len=128, hidden_size=256, num_layers=4, num_heads=4, intermediate_size=1024))
     c.rounds = 10          # timed steps per variant, alternating jit / torch eager / torch.compile (median)

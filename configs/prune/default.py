@@ -18,9 +18,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.models = ("cnn", "minilm")
     c.cnn = ml_collections.ConfigDict(dict(
-        seed=0, features=(32, 64), dense=128, dropout=0.3, batch_size=64, learning_rate=2e-3, dense_steps=600,
-        prune_steps=300, prune_learning_rate=5e-4, ramp_fraction=0.6, update_every=10, eval_batch_size=250,
-        throughput_batch=250, timing_rounds=5))
+        seed=0, features=(32, 64), dense=128, dropout=0.3, batch_size=64, learning_rate=2e-3, weight_decay=1e-4,
+        dense_steps=600, prune_steps=300, prune_learning_rate=5e-4, ramp_fraction=0.6, update_every=10,
+        eval_batch_size=250, throughput_batch=250, timing_rounds=5))
     c.minilm = ml_collections.ConfigDict(dict(
         seed=0, num_layers=6, seq_len=48, batch_size=32, learning_rate=5e-5, num_steps=60, train_examples=4096,
         eval_examples=512, prune_steps=20, prune_learning_rate=5e-5, ramp_fraction=0.5, update_every=2,

@@ -139,18 +139,34 @@ def apply_override(config: ml_collections.ConfigDict, key: str, text: str) -> No
         raise ConfigError(f"config.{key}: {e}") from None
 
 
-def config_optimizer(config: ml_collections.ConfigDict, *, learning_rate: float | None = None,
-                     num_steps: int | None = None):
-    """`make_optimizer` from the config's `optimizer` (default 'adamw'), `learning_rate`, `warmup_steps`,
-    `weight_decay` and `num_steps` (the schedule's total), those it has; `learning_rate` and `num_steps`
-    given here replace the config's."""
-    options = {k: config[k] for k in ("learning_rate", "warmup_steps", "weight_decay") if k in config}
-    if learning_rate is not None:
-        options["learning_rate"] = learning_rate
-    total = num_steps or config.get("num_steps")
-    if total:
-        options["total_steps"] = total
-    return make_optimizer(config.get("optimizer", "adamw"), **options)
+_OPTIMIZER_KEYS = ("learning_rate", "num_steps", "warmup_steps", "weight_decay", "schedule", "clip_norm")
+
+
+def config_optimizer(config: ml_collections.ConfigDict, *, inject_learning_rate: bool = False, **overrides):
+    """The one way an experiment builds its optimizer: `leanjax.optim.make_optimizer` from the config.
+
+    Args:
+      config: a config (or sub-config) with `optimizer` (default 'adamw') and those of `learning_rate`,
+        `num_steps` (the schedule's total), `warmup_steps`, `weight_decay`, `schedule`, `clip_norm` it has;
+        the others keep `make_optimizer`'s defaults.
+      inject_learning_rate: build the schedule with a unit peak and hold the peak rate in the optimizer
+        state (`learning_rate_scale`, set to the config's rate), so runs at different rates share one
+        compiled step and change it with `leanjax.tune.set_hyperparams(state, learning_rate_scale=...)`.
+      **overrides: values that replace the config's, for the keys above (e.g. a second arm's
+        `learning_rate=config.student_learning_rate`, `num_steps=config.student_steps`).
+
+    Returns:
+      An `optax.GradientTransformation` with injected hyperparameters.
+    """
+    unknown = sorted(set(overrides) - set(_OPTIMIZER_KEYS))
+    if unknown:
+        raise TypeError(f"config_optimizer: unknown option(s) {unknown}; use {list(_OPTIMIZER_KEYS)}")
+    values = {k: config[k] for k in _OPTIMIZER_KEYS if k in config}
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    options = {k: v for k, v in values.items() if k != "num_steps"}
+    if values.get("num_steps"):
+        options["total_steps"] = values["num_steps"]
+    return make_optimizer(config.get("optimizer", "adamw"), inject_learning_rate=inject_learning_rate, **options)
 
 
 FAST_COMPILE_FLAG = "--xla_backend_optimization_level=0"

@@ -19,8 +19,8 @@ from flax import nnx
 
 from leanjax import data, losses, transforms
 from leanjax.audit import time_interleaved
+from leanjax.experiments import _launch
 from leanjax.models import SequenceClassifier, functional
-from leanjax.optim import make_optimizer
 from leanjax.state import TrainState
 from leanjax.step import evaluate, make_eval_step, make_train_step
 from leanjax.train import fit
@@ -140,9 +140,10 @@ def quantized(params, bits: int, group_size: int | None, *, serve: bool):
 
 
 def optimizer(c):
-    """The fine-tuning optimizer: AdamW at `c.learning_rate` over `c.num_steps` steps."""
-    return make_optimizer("adamw", learning_rate=c.learning_rate, total_steps=c.num_steps,
-                          warmup_steps=max(c.num_steps // 10, 1), weight_decay=0.01)
+    """The fine-tuning optimizer (`_launch.config_optimizer`): `c.learning_rate` over `c.num_steps` steps,
+    a tenth of them warmup, weight decay 0.01 unless `c` sets them."""
+    return _launch.config_optimizer(c, warmup_steps=c.get("warmup_steps", max(c.num_steps // 10, 1)),
+                                    weight_decay=c.get("weight_decay", 0.01))
 
 
 def finetuned_minilm(c, workdir: str, *, progress: bool = False):

@@ -35,7 +35,6 @@ from leanjax.data.curriculum import (CurriculumSampler, difficulty_order, length
 from leanjax.data.scores import score_source
 from leanjax.experiments import _launch
 from leanjax.models import MLP, CausalLM, TransformerConfig, functional
-from leanjax.optim import make_optimizer
 from leanjax.state import TrainState
 from leanjax.step import evaluate, make_eval_step, make_train_step
 
@@ -84,7 +83,7 @@ def _mnist_problem(c):
     def model(seed):
         return functional(MLP(784, tuple(c.hidden), 10, dropout=c.dropout, rngs=nnx.Rngs(seed)))
 
-    tx = make_optimizer("adamw", learning_rate=c.learning_rate, total_steps=c.num_steps, warmup_steps=0)
+    tx = _launch.config_optimizer(c)
     return model, tx, train, test
 
 
@@ -102,8 +101,7 @@ def _lm_problem(c):
             num_heads=c.num_heads, intermediate_size=4 * c.hidden_size, max_position_embeddings=c.seq_len,
             type_vocab_size=0, dropout=0.0, causal=True), rngs=nnx.Rngs(seed)))
 
-    tx = make_optimizer("adamw", learning_rate=c.learning_rate, total_steps=c.num_steps,
-                        warmup_steps=c.warmup_steps)
+    tx = _launch.config_optimizer(c)
     return model, tx, train, valid
 
 

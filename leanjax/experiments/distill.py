@@ -32,7 +32,6 @@ from leanjax import data, losses
 from leanjax.data import ArraySource
 from leanjax.experiments import _launch, _minilm
 from leanjax.models import SequenceClassifier, functional
-from leanjax.optim import make_optimizer
 from leanjax.state import TrainState
 from leanjax.step import make_train_step
 from leanjax.train import fit
@@ -70,8 +69,8 @@ def _student(config, teacher, tokenizer, train, c):
 
 
 def _optimizer(c):
-    return make_optimizer("adamw", learning_rate=c.student_learning_rate, total_steps=c.student_steps,
-                          warmup_steps=max(c.student_steps // 10, 1), weight_decay=0.01)
+    return _launch.config_optimizer(c, learning_rate=c.student_learning_rate, num_steps=c.student_steps,
+                                    warmup_steps=max(c.student_steps // 10, 1), weight_decay=0.01)
 
 
 def build(config):

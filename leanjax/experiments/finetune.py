@@ -26,7 +26,6 @@ import jax.numpy as jnp
 
 from leanjax import data, losses
 from leanjax.experiments import _launch, _minilm
-from leanjax.optim import make_optimizer
 from leanjax.state import TrainState
 from leanjax.step import evaluate, make_eval_step, make_train_step
 from leanjax.train import fit, plot_curves
@@ -47,10 +46,7 @@ def build(config):
                                             config.seq_len)
     evaluation = data.text_classification_source(_minilm.tweets(config.eval_split, config.eval_examples, seed=0),
                                                  tokenizer, config.seq_len)
-    # The peak rate is an injected hyperparameter (`learning_rate_scale` times a unit schedule, held in the
-    # optimizer state), so the two arms share one optimizer and one compiled train step.
-    tx = make_optimizer("adamw", learning_rate=1.0, total_steps=config.num_steps,
-                        warmup_steps=config.warmup_steps, weight_decay=config.weight_decay)
+    tx = _launch.config_optimizer(config, learning_rate=config.finetuned_learning_rate, inject_learning_rate=True)
     return dict(params=finetuned, scratch_params=scratch, tx=tx,
                 loss=losses.classification_loss(apply_fn, inputs=INPUTS),
                 metrics=losses.classification_metrics(apply_fn, inputs=INPUTS), train=train, eval=evaluation)
@@ -100,9 +96,9 @@ def run(config, workdir):
     results = {}
     for arm in ARMS:
         # A copy: the step donates its state, and the arms share the head's init arrays.
-        state = TrainState.create(jax.tree.map(jnp.copy, starts[arm]), tx, jax.random.key(config.seed))
-        hyperparams = {**state.opt_state.hyperparams, "learning_rate_scale": jnp.float32(learning_rates[arm])}
-        state = state.replace(opt_state=state.opt_state._replace(hyperparams=hyperparams))
+        # The peak rate is injected (held in the optimizer state), so the arms share one compiled train step.
+        arm_tx = _launch.config_optimizer(config, learning_rate=learning_rates[arm], inject_learning_rate=True)
+        state = TrainState.create(jax.tree.map(jnp.copy, starts[arm]), arm_tx, jax.random.key(config.seed))
         # A fresh iterator with the same seed: both arms see the same batches in the same order.
         batches = data.batches(parts["train"], batch_size=config.batch_size, seed=config.seed)
         arm_dir = os.path.join(workdir, arm)

@@ -30,7 +30,6 @@ from leanjax import data, losses
 from leanjax.audit import analyze, audit_compiled, measure_peak_flops, time_interleaved, time_step, transformer_flops
 from leanjax.experiments import _launch
 from leanjax.models import CausalLM, TransformerConfig, functional
-from leanjax.optim import make_optimizer
 from leanjax.state import TrainState
 from leanjax.step import make_train_step
 
@@ -115,8 +114,7 @@ def _torch_variants(config, params, batch, jax_loss: float) -> tuple[dict, dict]
 def run(config, workdir):
     parts = build(config)
     cfg = parts["model_config"]
-    tx = make_optimizer("adamw", learning_rate=config.learning_rate, schedule="constant",
-                        weight_decay=config.weight_decay, clip_norm=None)  # torch.optim.AdamW's update
+    tx = _launch.config_optimizer(config)  # constant rate, no clipping: torch.optim.AdamW's update
     batch = next(iter(data.batches(parts["train"], batch_size=config.batch_size, seed=config.seed)))
     state = TrainState.create(parts["params"], tx, jax.random.key(config.seed))
     jit_step = make_train_step(parts["loss"], tx)

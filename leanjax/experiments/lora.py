@@ -59,7 +59,7 @@ def memory_peaks(config, model_config, params_by_arm) -> dict[str, int]:
         subject = interventions.Subject(
             params=params_by_arm["full"], loss=losses.classification_loss(apply_fn, inputs=INPUTS),
             serve=losses.classification_metrics(apply_fn, inputs=INPUTS),
-            tx=_launch.config_optimizer(config, learning_rate=1e-4),
+            tx=_launch.config_optimizer(config),  # the rate does not change the memory
             train_batch=batch, serve_batch=batch, seed=config.seed)
         for arm, params in params_by_arm.items():
             if remat != "none" and arm not in config.remat_arms:

@@ -30,7 +30,6 @@ from flax import nnx
 from leanjax import data, losses
 from leanjax.experiments import _launch, _minilm
 from leanjax.models import CNN, SequenceClassifier, functional
-from leanjax.optim import make_optimizer
 from leanjax.state import TrainState
 from leanjax.step import make_train_step
 from leanjax.train import fit
@@ -52,9 +51,8 @@ def _cnn(c):
     small_apply, _ = functional(make(tuple(half(f) for f in c.features), half(c.dense)))
     return dict(apply=apply_fn, params=params, train=data.load("mnist5k", "train"), test=data.load("mnist5k", "test"),
                 inputs=("image",), unstructured=r".*kernel", nm=r"(hidden|head)/kernel", groups=cnn_groups(params),
-                small_apply=small_apply, tx=make_optimizer("adamw", learning_rate=c.learning_rate,
-                                                           total_steps=c.dense_steps,
-                                                           warmup_steps=c.dense_steps // 10, weight_decay=1e-4))
+                small_apply=small_apply,
+                tx=_launch.config_optimizer(c, num_steps=c.dense_steps, warmup_steps=c.dense_steps // 10))
 
 
 def _trained_cnn(c, workdir):
@@ -138,8 +136,8 @@ def _finetune(m, c, tx, params, workdir, desc, step=None, **hyperparams):
 
 
 def _model(name, m, c, workdir):
-    optimizer = lambda: make_optimizer("adamw", learning_rate=c.prune_learning_rate,  # noqa: E731
-                                       total_steps=c.prune_steps, warmup_steps=0, weight_decay=0.0)
+    optimizer = lambda: _launch.config_optimizer(c, learning_rate=c.prune_learning_rate,  # noqa: E731
+                                                 num_steps=c.prune_steps, warmup_steps=0, weight_decay=0.0)
     acc = lambda apply_fn, params: _minilm.accuracy(apply_fn, params, m["test"], c.eval_batch_size, m["inputs"])  # noqa: E731
     dense = m["params"]
     out = {"dense_accuracy": acc(m["apply"], dense)}

@@ -29,7 +29,6 @@ from flax import nnx
 from leanjax import data, losses, tune
 from leanjax.experiments import _launch
 from leanjax.models import CNN, functional
-from leanjax.optim import make_optimizer
 from leanjax.state import TrainState
 from leanjax.step import evaluate, make_eval_step, make_train_step
 
@@ -69,7 +68,8 @@ def _cnn(config, features, dense, seed):
 
 
 def _optimizer(config, num_steps: int):
-    return make_optimizer("adamw", learning_rate=1.0, total_steps=num_steps, warmup_steps=config.warmup_steps)
+    # Every trial sets its own rate and weight decay (`INJECTED`), so all of them share one compiled step.
+    return _launch.config_optimizer(config, num_steps=num_steps, inject_learning_rate=True)
 
 
 def build(config):
