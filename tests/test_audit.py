@@ -98,7 +98,8 @@ def test_hlo_counter_reproduces_xla_cost_analysis_without_loops():
         return jnp.sum(jnp.einsum("bqk,bkd->bqd", p, v))
 
     cases = [
-        (jax.grad(conv_net, argnums=(0, 1, 2)), (jnp.ones((2, 9, 9, 3)), jnp.ones((3, 3, 3, 4)), jnp.ones((3, 2, 2, 4)))),
+        (jax.grad(conv_net, argnums=(0, 1, 2)),
+         (jnp.ones((2, 9, 9, 3)), jnp.ones((3, 3, 3, 4)), jnp.ones((3, 2, 2, 4)))),
         (jax.grad(attention, argnums=(0, 1, 2)), tuple(jnp.ones((2, 16, 8)) for _ in range(3))),
         (jax.grad(_unrolled_loss, argnums=(0, 1)), (list(_layers()), jnp.ones((BATCH, WIDTH)))),
     ]

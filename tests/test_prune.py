@@ -15,8 +15,16 @@ from leanjax.step import make_train_step
 from leanjax.train import fit
 from leanjax.transforms import apply
 from leanjax.transforms.compact import cnn_groups, compact, mlp_groups, structured_masks, transformer_groups
-from leanjax.transforms.prune import (apply_masks, keep_masks, magnitude, masks_of, nm_mask,
-                                      polynomial_schedule, prune_by_schedule, report)
+from leanjax.transforms.prune import (
+    apply_masks,
+    keep_masks,
+    magnitude,
+    masks_of,
+    nm_mask,
+    polynomial_schedule,
+    prune_by_schedule,
+    report,
+)
 from leanjax.transforms.sparse24 import Packed24, encode24, pack24
 
 

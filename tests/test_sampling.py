@@ -6,8 +6,7 @@ import json
 import numpy as np
 import pytest
 
-from leanjax.data.sampling import (infobatch_plan, plan_batches, random_subset, select_by_score,
-                                   semantic_dedup)
+from leanjax.data.sampling import infobatch_plan, plan_batches, random_subset, select_by_score, semantic_dedup
 
 
 def test_select_by_score_modes_and_class_balance():

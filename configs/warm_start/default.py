@@ -1,6 +1,6 @@
 """warm_start: a word-level tweet-sentiment model with GloVe 6B-50d embeddings vs random ones, 3 seeds.
 
-    python -m leanjax.experiments.warm_start                                     # 9 runs x 600 steps: 29.5 min, load 2-7
+    python -m leanjax.experiments.warm_start                                    # 9 runs x 600 steps: 29.5 min, load 2-7
     python -m leanjax.experiments.warm_start --config configs/warm_start/default.py:tiny   # 29 s, quiet 2 cores
 
 Model: 10,000-word vocabulary (+[PAD], [UNK]) from the train split, width 50 (GloVe's, so no

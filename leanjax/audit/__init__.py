@@ -23,8 +23,8 @@ from leanjax.audit.hardware import (
 )
 from leanjax.audit.hlo import HloAnalysis, Loop, analyze
 from leanjax.audit.prices import Dollars, Price, PriceTable, dollars_per_1k_requests, dollars_per_run
-from leanjax.audit.timing import Timing, time_interleaved, time_step
 from leanjax.audit.remat_auto import BatchFit, Candidate, Choice, NoPolicyFits, choose_remat, max_batch
+from leanjax.audit.timing import Timing, time_interleaved, time_step
 from leanjax.audit.whatif import Unavailable, WhatIf, what_if, what_if_table
 
 __all__ = [

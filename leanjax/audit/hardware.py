@@ -1,8 +1,8 @@
 """The device side of an audit: what a chip can do, and how long a step takes on it.
 
 Owns the table of published dense peaks, the matmul micro-benchmark that measures the peak in the
-same run, and MFU/HFU (step timing lives in `leanjax.audit.timing`). A device kind without a published peak is refused rather than
-guessed: pass a measured peak for it (CPUs always need one).
+same run, and MFU/HFU (step timing lives in `leanjax.audit.timing`). A device kind without a published
+peak is refused rather than guessed: pass a measured peak for it (CPUs always need one).
 """
 
 from __future__ import annotations

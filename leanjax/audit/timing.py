@@ -88,8 +88,8 @@ def time_interleaved(fns: Mapping[Hashable, tuple[Callable, tuple] | Callable[[]
     compilation is outside the timed region.
 
     Args:
-      fns: name -> `(fn, args)` (timed as `fn(*args)`; args a tuple or list, args copied per call if `fn` donates them) or a
-        zero-argument callable (e.g. a PyTorch step returning a float that waits for the device).
+      fns: name -> `(fn, args)` (timed as `fn(*args)`; args a tuple or list, copied for each call if `fn`
+        donates them) or a zero-argument callable (e.g. a PyTorch step returning a float that waits for the device).
       repeats: timed rounds (>= 1).
       iters: calls per variant per round (>= 1).
       warmup: untimed rounds first (at least one call per variant is made, to learn what it donates).

@@ -145,7 +145,8 @@ def _tables(stages: dict, headline: dict, breakdown: dict, goals: dict) -> list[
               f"{tok['wall_s']:.0f} s", _usd(tok["usd"])],
              ["tune", f"TPE + Hyperband, {tun['n_trials']} trials on a {tun['proxy_layers']}-layer QLoRA proxy; "
               f"best lr {tun['best_learning_rate']:.2e}" + ("; EL2N scores of the pool" if tun["score_flops"] else ""),
-              f"{tun['pruned']} trial{'' if tun['pruned'] == 1 else 's'} pruned: {tun['steps']} of {tun['full_budget_steps']} trial steps; "
+              f"{tun['pruned']} trial{'' if tun['pruned'] == 1 else 's'} pruned: "
+              f"{tun['steps']} of {tun['full_budget_steps']} trial steps; "
               f"{breakdown['lean_flops']['tune'] / brute['train_flops']:.3f} x brute's FLOPs",
               f"{tun['wall_s']:.0f} s", _usd(tun["usd"])],
              ["lean", f"QLoRA (NF4 + rank-r LoRA), remat `{lean['remat']}`, {lean['select']} "

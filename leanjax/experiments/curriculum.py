@@ -30,8 +30,7 @@ import numpy as np
 from flax import nnx
 
 from leanjax import data, losses
-from leanjax.data.curriculum import (CurriculumSampler, difficulty_order, length_schedule, random_order,
-                                     split_windows)
+from leanjax.data.curriculum import CurriculumSampler, difficulty_order, length_schedule, random_order, split_windows
 from leanjax.data.scores import score_source
 from leanjax.experiments import _launch
 from leanjax.models import MLP, CausalLM, TransformerConfig, functional

@@ -29,8 +29,7 @@ import numpy as np
 from flax import nnx
 
 from leanjax import data, losses
-from leanjax.data.sampling import (infobatch_plan, plan_batches, random_subset, select_by_score,
-                                   semantic_dedup)
+from leanjax.data.sampling import infobatch_plan, plan_batches, random_subset, select_by_score, semantic_dedup
 from leanjax.data.scores import ScoredState, ScoreStore, indexed, scored_classification_loss, with_scores
 from leanjax.data.source import to_str
 from leanjax.experiments import _launch

@@ -36,8 +36,7 @@ from leanjax.state import TrainState
 from leanjax.step import make_train_step
 from leanjax.train import fit
 from leanjax.transforms import apply, quantize
-from leanjax.transforms.distill import (cache_topk, distill_trainable, distillation_loss,
-                                        offline_distillation_loss)
+from leanjax.transforms.distill import cache_topk, distill_trainable, distillation_loss, offline_distillation_loss
 from leanjax.trees import count_params
 
 INPUTS = _minilm.INPUTS

@@ -33,6 +33,7 @@ from leanjax.step import evaluate, make_eval_step, make_train_step
 from leanjax.train import fit
 from leanjax.trees import count_params
 
+
 def build(config):
     """The full fine-tune's params, loss, metrics and data (what `--audit` compiles)."""
     model_config, params, tokenizer = minilm(config, scan_layers=True)

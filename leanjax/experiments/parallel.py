@@ -31,8 +31,16 @@ from leanjax import data, losses  # noqa: E402
 from leanjax.experiments import _launch  # noqa: E402
 from leanjax.models import CausalLM, TransformerConfig, functional  # noqa: E402
 from leanjax.parallel import (  # noqa: E402
-    decide, fingerprint, make_mesh, measure, save_plan, shard, sharded_lm_loss, sharded_train_step,
-    spec_str, survey,
+    decide,
+    fingerprint,
+    make_mesh,
+    measure,
+    save_plan,
+    shard,
+    sharded_lm_loss,
+    sharded_train_step,
+    spec_str,
+    survey,
 )
 from leanjax.state import TrainState  # noqa: E402
 from leanjax.step import make_train_step  # noqa: E402

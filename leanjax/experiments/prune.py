@@ -35,8 +35,16 @@ from leanjax.step import make_train_step
 from leanjax.train import fit
 from leanjax.transforms import apply, weight_bytes
 from leanjax.transforms.compact import cnn_groups, compact, structured_masks, transformer_groups
-from leanjax.transforms.prune import (apply_masks, keep_masks, magnitude, masks_of, nm_masks,
-                                      polynomial_schedule, prune_by_schedule, report)
+from leanjax.transforms.prune import (
+    apply_masks,
+    keep_masks,
+    magnitude,
+    masks_of,
+    nm_masks,
+    polynomial_schedule,
+    prune_by_schedule,
+    report,
+)
 from leanjax.transforms.sparse24 import pack24
 
 SPARSITIES = {"s50": 0.5, "s75": 0.75, "s90": 0.9}

@@ -39,6 +39,7 @@ from leanjax.train import fit
 from leanjax.transforms.select import select
 from leanjax.transforms.typed import TypedWeight, frozen
 
+
 class QwixInt8(TypedWeight):
     """A kernel held as a Qwix `QArray` (int8, per output channel); matmuls run through `qwix.dot_general`."""
 
