@@ -35,10 +35,32 @@ def test_overrides_parse_by_type_and_summary_is_written(tmp_path):
     ("--config.cnn.features=[1,", "config.cnn.features expects a tuple literal"),
     ("--config.seed", "has no value"),
     ("--lr=3", "unrecognised argument '--lr=3'"),
+    ("--config.task=lmm", "error: config.task='lmm' is not one of 'cnn', 'lm'; did you mean 'lm'?"),
+    ("--config.optimizer=adamx", "config.optimizer='adamx' is not one of 'adamw', 'adam', 'adafactor', 'sgd'"),
 ])
 def test_bad_overrides_name_the_key(tmp_path, capsys, arg, message):
     assert _launch.main("baseline", _run_ok, ["--config", TINY, "--workdir", str(tmp_path), arg]) == 2
-    assert message in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1  # one line, no traceback
+
+
+def test_a_bad_value_found_by_the_experiment_is_one_line(tmp_path, capsys):
+    from leanjax.experiments import _baseline
+
+    def run(config, workdir):
+        config.unlock()
+        config.task = "lmm"  # as if no CHOICES had caught it
+        return _baseline.build(config)
+
+    assert _launch.main("baseline", run, ["--config", TINY, "--workdir", str(tmp_path)]) == 1
+    assert capsys.readouterr().err == "error: config.task='lmm': use 'cnn' or 'lm'\n"
+
+
+@pytest.mark.parametrize("config", sorted(str(p) for p in _launch.REPO_ROOT.glob("configs/*/default.py")))
+def test_every_config_satisfies_its_own_choices(config):
+    for arg in ("", ":tiny"):
+        loaded, choices = _launch._load(config + arg)
+        _launch.check_choices(loaded, choices)
 
 
 def test_missing_config_file(tmp_path, capsys):

@@ -15,6 +15,8 @@ import ml_collections
 
 from leanjax.experiments._launch import load_config
 
+CHOICES = {"task": ("cnn", "lm")}  # the baseline's
+
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c = load_config("configs/baseline/default.py" + (":tiny" if arg == "tiny" else ""))

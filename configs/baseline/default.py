@@ -9,6 +9,8 @@ Expected (default): eval_accuracy >= 0.97 on the 1,000 held-out MNIST-5k digits.
 
 import ml_collections
 
+CHOICES = {"task": ("cnn", "lm")}
+
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()

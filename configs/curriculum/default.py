@@ -12,6 +12,9 @@ Expected (tiny): every headline key present; its numbers mean nothing (a handful
 
 import ml_collections
 
+CHOICES = {"mnist.arms": ("random", "curriculum", "anti"), "lm.arms": ("random", "length_warmup", "loss_curriculum"),
+           "headline": ("mnist/curriculum", "mnist/anti", "lm/length_warmup", "lm/loss_curriculum")}
+
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()

@@ -11,6 +11,10 @@ Expected (tiny): every headline key, fraction_kept 0.5; accuracies from 2 epochs
 
 import ml_collections
 
+SCORES = ("el2n_avg", "el2n", "loss", "margin", "forgetting")  # ScoreStore fields
+MODES = ("hardest", "easiest", "middle")
+CHOICES = {"score": SCORES, "mode": MODES, "modes": MODES}
+
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()

@@ -12,6 +12,8 @@ torch.compile NaN (disabled: its first compile alone takes minutes here)."""
 
 import ml_collections
 
+CHOICES = {"torch_device": ("auto", "cpu", "cuda")}
+
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()

@@ -7,6 +7,7 @@ from __future__ import annotations
 from flax import nnx
 
 from leanjax import data, losses
+from leanjax.experiments._launch import ConfigError
 from leanjax.models import CNN, CausalLM, TransformerConfig, functional
 
 
@@ -32,4 +33,4 @@ def build(config):
         apply_fn, params = functional(model)
         return dict(params=params, loss=losses.lm_loss(apply_fn), metrics=losses.lm_metrics(apply_fn),
                     train=train_src, eval=eval_src)
-    raise ValueError(f"config.task={config.task!r}: use 'cnn' or 'lm'")
+    raise ConfigError(f"config.task={config.task!r}: use 'cnn' or 'lm'")

@@ -10,10 +10,15 @@ A `:tiny` config variant checks the wiring at tiny shapes, so its time is XLA co
 LLVM at -O0 (`XLA_FLAGS=--xla_backend_optimization_level=0`, 3-6x faster compiles of CPU programs; unless
 XLA_FLAGS already sets a level). Its step times and throughput ratios are then not meaningful.
 
-Unknown keys, values of the wrong type and missing files are errors that name the key and suggest the
-closest valid ones. The experiment's `run(config, workdir) -> (metrics, headline)` does the work; this
-module times it and writes summary.json. `config_optimizer(config)` is the optimizer that a config's
-`optimizer` / `learning_rate` / `warmup_steps` / `weight_decay` / `num_steps` keys describe.
+Unknown keys, values of the wrong type, values outside a key's choices and missing files are errors that
+name the key and suggest the closest valid ones: one line, no traceback. A config file declares the choices
+of its keys in a module-level `CHOICES = {"task": ("cnn", "lm"), ...}` (dotted keys; a tuple-valued key
+checks each element); `optimizer` and `schedule` keys are checked wherever they appear. An experiment that
+finds a bad value later raises `ConfigError`, which reads the same.
+
+The experiment's `run(config, workdir) -> (metrics, headline)` does the work; this module times it and
+writes summary.json. `config_optimizer(config)` is the optimizer that a config's `optimizer` /
+`learning_rate` / `warmup_steps` / `weight_decay` / `num_steps` / `schedule` / `clip_norm` keys describe.
 """
 
 from __future__ import annotations
@@ -54,7 +59,11 @@ def _default_audit(run: Callable) -> Callable | None:
 
 
 class ConfigError(ValueError):
-    pass
+    """A bad config key or value: printed as one line (`error: ...`), exit status 2 before the run, 1 during."""
+
+
+# Checked wherever a config has these keys (the names `leanjax.optim.make_optimizer` accepts).
+COMMON_CHOICES = {"optimizer": ("adamw", "adam", "adafactor", "sgd"), "schedule": ("cosine", "linear", "constant")}
 
 
 # Errors whose message is the whole story (missing asset/dataset: FileNotFoundError subclasses).
@@ -64,6 +73,11 @@ _USER_ERRORS = (ConfigError, FileNotFoundError, DatasetNotFoundError, Incompatib
 
 def load_config(spec: str) -> ml_collections.ConfigDict:
     """Load `path/to/default.py[:arg]` and call its `get_config(arg)`."""
+    return _load(spec)[0]
+
+
+def _load(spec: str) -> tuple[ml_collections.ConfigDict, dict]:
+    """`(get_config(arg), the file's CHOICES)` of `path/to/default.py[:arg]`."""
     path, _, arg = spec.partition(":")
     file = Path(path)
     if not file.is_file() and (REPO_ROOT / path).is_file():
@@ -76,7 +90,7 @@ def load_config(spec: str) -> ml_collections.ConfigDict:
     if not hasattr(module, "get_config"):
         raise ConfigError(f"{file} defines no get_config(arg)")
     config = module.get_config(arg or None) if arg else module.get_config()
-    return config
+    return config, dict(getattr(module, "CHOICES", {}))
 
 
 def _keys(config: ml_collections.ConfigDict, prefix: str = "") -> list[str]:
@@ -142,6 +156,34 @@ def apply_override(config: ml_collections.ConfigDict, key: str, text: str) -> No
 _OPTIMIZER_KEYS = ("learning_rate", "num_steps", "warmup_steps", "weight_decay", "schedule", "clip_norm")
 
 
+def check_choices(config: ml_collections.ConfigDict, choices: dict[str, tuple]) -> None:
+    """Raise `ConfigError` naming the key when a value is not one of its choices.
+
+    Args:
+      config: the config, after overrides.
+      choices: dotted key -> allowed values (a tuple/list value must hold allowed values only); keys named
+        in `COMMON_CHOICES` are checked at any depth.
+    """
+    keys = _keys(config)
+    checks = dict(choices)
+    for key in keys:
+        leaf = key.rsplit(".", 1)[-1]
+        if leaf in COMMON_CHOICES and key not in checks:
+            checks[key] = COMMON_CHOICES[leaf]
+    for key, allowed in checks.items():
+        if key not in keys:
+            raise ConfigError(f"CHOICES names config.{key}, which this config does not have")
+        node = config
+        for part in key.split("."):
+            node = node[part]
+        values = node if isinstance(node, (tuple, list)) else (node,)
+        for value in values:
+            if value not in allowed:
+                close = difflib.get_close_matches(str(value), [str(a) for a in allowed], n=1, cutoff=0.5)
+                hint = f"; did you mean {close[0]!r}?" if close else ""
+                raise ConfigError(f"config.{key}={value!r} is not one of {', '.join(map(repr, allowed))}{hint}")
+
+
 def config_optimizer(config: ml_collections.ConfigDict, *, inject_learning_rate: bool = False, **overrides):
     """The one way an experiment builds its optimizer: `leanjax.optim.make_optimizer` from the config.
 
@@ -190,7 +232,7 @@ def parse_args(name: str, argv: list[str]) -> tuple[ml_collections.ConfigDict, s
     parser.add_argument("--audit", action="store_true", help="compile and report cost; no training")
     parser.add_argument("--mode", default="train", help="train, or a mode the experiment defines")
     args, rest = parser.parse_known_args(argv)
-    config = load_config(args.config)
+    config, choices = _load(args.config)
     for item in rest:
         if not item.startswith("--config."):
             raise ConfigError(f"unrecognised argument {item!r}; overrides look like --config.key=value")
@@ -198,6 +240,7 @@ def parse_args(name: str, argv: list[str]) -> tuple[ml_collections.ConfigDict, s
         if not eq:
             raise ConfigError(f"override {item!r} has no value: use --config.{key}=VALUE")
         apply_override(config, key, value)
+    check_choices(config, choices)
     workdir = args.workdir or str(REPO_ROOT / "runs" / name / time.strftime("%Y%m%d-%H%M%S"))
     return config, workdir, args
 

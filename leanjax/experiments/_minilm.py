@@ -73,7 +73,7 @@ def classifier(num_layers: int, *, dropout: float, seed: int):
     pretrained = load_pretrained("minilm", model_cls=SequenceClassifier, model_kwargs={"num_labels": 3},
                                  config_overrides={"dropout": dropout}, seed=seed)
     if not 1 <= num_layers <= pretrained.config.num_layers:
-        raise ValueError(f"config.num_layers={num_layers}: MiniLM has {pretrained.config.num_layers}")
+        raise _launch.ConfigError(f"config.num_layers={num_layers}: MiniLM has {pretrained.config.num_layers}")
     config = dataclasses.replace(pretrained.config, num_layers=num_layers)
     apply_fn, fresh = functional(SequenceClassifier(config, 3, rngs=nnx.Rngs(seed)))
     _, weights = functional(pretrained.model)
@@ -97,7 +97,7 @@ def minilm(config, *, scan_layers: bool):
                                  seed=config.seed)
     n = config.num_layers
     if not 1 <= n <= pretrained.config.num_layers:
-        raise ValueError(f"config.num_layers={n}: MiniLM has {pretrained.config.num_layers}")
+        raise _launch.ConfigError(f"config.num_layers={n}: MiniLM has {pretrained.config.num_layers}")
     _, params = functional(pretrained.model)
     layers = params["encoder"]["layers"]
     layers = jax.tree.map(lambda x: x[:n], layers) if scan_layers else {i: layers[i] for i in range(n)}

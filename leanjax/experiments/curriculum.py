@@ -176,7 +176,7 @@ def _lm(c, seeds):
             return lambda s: next(it)
         if arm == "length_warmup":
             return lambda s: split_windows(next(it), length_schedule(s, c.length_warmup_steps, buckets))
-        raise ValueError(f"unknown lm arm {arm!r}: use random, length_warmup, loss_curriculum")
+        raise _launch.ConfigError(f"config.lm.arms: unknown arm {arm!r}; use random, length_warmup, loss_curriculum")
 
     runs = {}
     for arm, seed in itertools.product(c.arms, seeds):

@@ -157,9 +157,9 @@ def _torch_device(choice: str, torch) -> str:
     if choice == "auto":
         return "cuda" if jax.default_backend() == "gpu" and torch.cuda.is_available() else "cpu"
     if choice not in ("cpu", "cuda"):
-        raise ValueError(f"config.torch_device={choice!r}: use 'auto', 'cpu' or 'cuda'")
+        raise _launch.ConfigError(f"config.torch_device={choice!r}: use 'auto', 'cpu' or 'cuda'")
     if choice == "cuda" and not torch.cuda.is_available():
-        raise ValueError("config.torch_device='cuda' but torch sees no CUDA device")
+        raise _launch.ConfigError("config.torch_device='cuda' but torch sees no CUDA device")
     return choice
 
 

@@ -51,7 +51,8 @@ def memory_peaks(config, model_config, params_by_arm) -> dict[str, int]:
     memory shape."""
     shape = (config.memory_batch, config.memory_seq_len)
     if config.memory_seq_len > model_config.max_position_embeddings:
-        raise ValueError(f"memory_seq_len={config.memory_seq_len} > {model_config.max_position_embeddings}")
+        raise _launch.ConfigError(f"config.memory_seq_len={config.memory_seq_len} > MiniLM's "
+                                  f"{model_config.max_position_embeddings} positions")
     batch = {"input_ids": jnp.zeros(shape, jnp.int32), "attention_mask": jnp.ones(shape, bool),
              "label": jnp.zeros(shape[:1], jnp.int32)}
     peaks = {}

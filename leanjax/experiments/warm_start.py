@@ -143,7 +143,7 @@ def run(config, workdir):
     init, vocab = parts["init"], parts["vocab"]
     unknown = set(config.arms) - set(ARMS)
     if unknown or not {"random", "warm"} <= set(config.arms):
-        raise ValueError(f"config.arms={config.arms}: needs 'random' and 'warm', may add {ARMS[2:]}")
+        raise _launch.ConfigError(f"config.arms={config.arms}: needs 'random' and 'warm', may add {ARMS[2:]}")
     eval_step = make_eval_step(parts["metrics"])
 
     def eval_fn(params):
