@@ -63,6 +63,21 @@ def test_every_config_satisfies_its_own_choices(config):
         _launch.check_choices(loaded, choices)
 
 
+def test_unknown_variant_is_one_line(tmp_path, capsys):
+    assert _launch.main("baseline", _run_ok, ["--config", "configs/baseline/default.py:tny"]) == 2
+    assert capsys.readouterr().err == ("error: configs/baseline/default.py: unknown config variant 'tny': use 'tiny', "
+                                       "'lm' or nothing\n")
+
+
+def test_configs_share_common_blocks():
+    """lora, quantize and finetune start from configs/common.py's MiniLM block; :tiny shrinks it alike."""
+    shared = ("seed", "dropout", "weight_decay", "progress")
+    for tiny in ("", ":tiny"):
+        configs = [_launch.load_config(f"configs/{name}/default.py{tiny}") for name in ("lora", "quantize", "finetune")]
+        assert all({k: c[k] for k in shared} == {k: configs[0][k] for k in shared} for c in configs)
+    assert _launch.load_config("configs/quantize/default.py:tiny").seq_len == 16
+
+
 def test_missing_config_file(tmp_path, capsys):
     assert _launch.main("baseline", _run_ok, ["--config", "configs/nope/default.py"]) == 2
     assert "config file not found: configs/nope/default.py" in capsys.readouterr().err

@@ -12,6 +12,8 @@ Expected (tiny): every headline key present; its numbers mean nothing (a handful
 
 import ml_collections
 
+from configs import common
+
 CHOICES = {"mnist.arms": ("random", "curriculum", "anti"), "lm.arms": ("random", "length_warmup", "loss_curriculum"),
            "headline": ("mnist/curriculum", "mnist/anti", "lm/length_warmup", "lm/loss_curriculum")}
 
@@ -39,6 +41,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         c.lm.update(dict(arms=("random", "length_warmup"), seq_len=32, buckets=(8, 16, 32), length_warmup_steps=12,
                          hidden_size=16, num_layers=1, num_heads=2, batch_size=8, num_steps=24, eval_every=8,
                          eval_batches=2, train_windows=256, pacing_steps=12, ref_steps=8, warmup_steps=2))
-    elif arg not in (None, "", "default"):
-        raise ValueError(f"unknown config variant {arg!r}: use 'tiny' or nothing")
+    else:
+        common.check_variant(arg, "tiny")
     return c

@@ -12,6 +12,8 @@ torch.compile NaN (disabled: its first compile alone takes minutes here)."""
 
 import ml_collections
 
+from configs import common
+
 CHOICES = {"torch_device": ("auto", "cpu", "cuda")}
 
 
@@ -40,6 +42,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         c.rounds = 3
         c.eager_steps = 1
         c.torch_compile = False  # inductor's first compile alone takes minutes on 2 loaded cores
-    elif arg not in (None, "", "default"):
-        raise ValueError(f"unknown config variant {arg!r}: use 'tiny' or nothing")
+    else:
+        common.check_variant(arg, "tiny")
     return c

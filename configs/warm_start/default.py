@@ -13,6 +13,8 @@ Goal (default): warm-start speedup >= 2. Measured: missed, GloVe slower than ran
 
 import ml_collections
 
+from configs import common
+
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
@@ -49,6 +51,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         c.eval_examples = 128
         c.eval_batch_size = 128
         c.eval_every = 5
-    elif arg not in (None, "", "default"):
-        raise ValueError(f"unknown config variant {arg!r}: use 'tiny' or nothing")
+    else:
+        common.check_variant(arg, "tiny")
     return c

@@ -84,12 +84,17 @@ def _load(spec: str) -> tuple[ml_collections.ConfigDict, dict]:
         file = REPO_ROOT / path
     if not file.is_file():
         raise ConfigError(f"config file not found: {path}")
+    if str(REPO_ROOT) not in sys.path:  # config files share `configs/common.py` (`from configs import common`)
+        sys.path.append(str(REPO_ROOT))
     module_spec = importlib.util.spec_from_file_location(f"_leanjax_config_{file.parent.name}", file)
     module = importlib.util.module_from_spec(module_spec)
     module_spec.loader.exec_module(module)
     if not hasattr(module, "get_config"):
         raise ConfigError(f"{file} defines no get_config(arg)")
-    config = module.get_config(arg or None) if arg else module.get_config()
+    try:
+        config = module.get_config(arg or None) if arg else module.get_config()
+    except ValueError as e:  # an unknown `:variant`
+        raise ConfigError(f"{path}: {e}") from None
     return config, dict(getattr(module, "CHOICES", {}))
 
 

@@ -77,7 +77,8 @@ def _torch_variants(config, params, batch, jax_loss: float) -> tuple[dict, dict]
         import torch
     except ImportError:
         why = "torch is not installed (the optional bench extra: pip install torch==2.13.0)"
-        return {}, {"torch_eager": why, "torch_compile": why}
+        return {}, {"torch_eager": why,
+                    "torch_compile": why if config.torch_compile else "disabled (config.torch_compile=False)"}
     from leanjax.experiments import _torch_lm
 
     m = config.model
