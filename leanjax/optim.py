@@ -13,6 +13,9 @@ change never needs a recompile.
 
 from __future__ import annotations
 
+from typing import Any
+
+import jax.numpy as jnp
 import optax
 
 
@@ -53,7 +56,7 @@ def make_optimizer(name: str = "adamw", *, learning_rate: float = 1e-3, total_st
       momentum: SGD's momentum.
       inject_learning_rate: the schedule gets a unit peak and `learning_rate` is the injected
         `learning_rate_scale` instead, so optimizers differing only in their rate share one compiled step
-        (set it per run with `leanjax.tune.set_hyperparams`). Without it the scale is 1.
+        (set it per run with `set_hyperparams`). Without it the scale is 1.
 
     Returns:
       An `optax.GradientTransformation` (its state holds `hyperparams`).
@@ -77,3 +80,26 @@ def make_optimizer(name: str = "adamw", *, learning_rate: float = 1e-3, total_st
         return optax.chain(optax.clip_by_global_norm(clip_norm), core) if clip_norm else core
 
     return optax.inject_hyperparams(build)(learning_rate_scale=scale, weight_decay=weight_decay)
+
+
+def set_hyperparams(state: Any, **values: float) -> Any:
+    """Sets injected optimizer hyperparameters in a train state: the values live in the optimizer state, so
+    runs differing only in them share one compiled step.
+
+    Args:
+      state: a `TrainState` (anything with `opt_state` and `replace`) whose optimizer was built with
+        `optax.inject_hyperparams` (`make_optimizer` does).
+      **values: name -> value, e.g. `learning_rate_scale=3e-4, weight_decay=0.01`.
+
+    Returns:
+      `state` with `opt_state.hyperparams[name] = value` (in the hyperparameter's dtype) for each one given.
+    """
+    hyper = getattr(state.opt_state, "hyperparams", None)
+    if hyper is None:
+        raise ValueError("the optimizer state has no injected hyperparameters: build the optimizer with "
+                         "optax.inject_hyperparams (leanjax.optim.make_optimizer does)")
+    unknown = sorted(set(values) - set(hyper))
+    if unknown:
+        raise KeyError(f"no injected hyperparameter {unknown}; the optimizer injects {sorted(hyper)}")
+    new = {**hyper, **{k: jnp.asarray(v, dtype=jnp.asarray(hyper[k]).dtype) for k, v in values.items()}}
+    return state.replace(opt_state=state.opt_state._replace(hyperparams=new))

@@ -198,7 +198,7 @@ def config_optimizer(config: ml_collections.ConfigDict, *, inject_learning_rate:
         the others keep `make_optimizer`'s defaults.
       inject_learning_rate: build the schedule with a unit peak and hold the peak rate in the optimizer
         state (`learning_rate_scale`, set to the config's rate), so runs at different rates share one
-        compiled step and change it with `leanjax.tune.set_hyperparams(state, learning_rate_scale=...)`.
+        compiled step and change it with `leanjax.optim.set_hyperparams(state, learning_rate_scale=...)`.
       **overrides: values that replace the config's, for the keys above (e.g. a second arm's
         `learning_rate=config.student_learning_rate`, `num_steps=config.student_steps`).
 

@@ -24,12 +24,12 @@ import os
 
 import jax
 import jax.numpy as jnp
-import optax
 from flax import nnx
 
 from leanjax import data, losses
 from leanjax.experiments import _launch, _minilm
 from leanjax.models import CNN, SequenceClassifier, functional
+from leanjax.optim import set_hyperparams
 from leanjax.state import TrainState
 from leanjax.step import make_train_step
 from leanjax.train import fit
@@ -37,12 +37,12 @@ from leanjax.transforms import apply, weight_bytes
 from leanjax.transforms.compact import cnn_groups, compact, structured_masks, transformer_groups
 from leanjax.transforms.prune import (
     apply_masks,
+    complete_masks,
+    gradual_pruning,
     keep_masks,
     magnitude,
     masks_of,
     nm_masks,
-    polynomial_schedule,
-    prune_by_schedule,
     report,
 )
 from leanjax.transforms.sparse24 import pack24
@@ -109,34 +109,13 @@ def build(config):
                                              compact(apply_masks(dense, masks), m["groups"], keep))})
 
 
-def _gradual(optimizer, m, c, ramp: int) -> optax.GradientTransformation:
-    """Zhu & Gupta's gradual magnitude pruning over the first `ramp` steps, its final sparsity an injected
-    hyperparameter (`sparsity`), so that every target sparsity trains with one compiled step."""
-    unit = polynomial_schedule(0.5, 0, ramp)  # from 0, so linear in the final sparsity: s_t = s * unit(t) / 0.5
-
-    def make(sparsity):
-        return prune_by_schedule(optimizer(), lambda step: sparsity * unit(step) / 0.5, magnitude(m["unstructured"]),
-                                 update_every=c.update_every, end_step=ramp)
-
-    return optax.inject_hyperparams(make)(sparsity=0.0)
-
-
-def _on_leaves_of(masks, other):
-    """`masks` with an all-True mask at every leaf where only `other` has one."""
-    return jax.tree.map(lambda a, b: jnp.ones_like(b) if a is None and b is not None else a, masks, other,
-                        is_leaf=lambda x: x is None)
-
-
 def _finetune(m, c, tx, params, workdir, desc, step=None, **hyperparams):
     """`prune_steps` of fine-tuning from `params` with `tx` (a pruning wrapper); the final state. `step`: a
     compiled train step shared by arms whose optimizers differ only in their state (masks, or the injected
     `hyperparams` set here)."""
     step = step or make_train_step(losses.classification_loss(m["apply"], inputs=m["inputs"]), tx)
     state = TrainState.create(jax.tree.map(jnp.copy, params), tx, jax.random.key(c.seed))
-    if hyperparams:  # injected (optax.inject_hyperparams): values in the state, not in the compiled step
-        injected = {k: jnp.asarray(v, jnp.float32) for k, v in hyperparams.items()}
-        state = state.replace(opt_state=state.opt_state._replace(hyperparams={**state.opt_state.hyperparams,
-                                                                              **injected}))
+    state = set_hyperparams(state, **hyperparams)  # injected: values in the state, not in the compiled step
     result = fit(state, step, data.batches(m["train"], batch_size=c.batch_size, seed=c.seed + 1),
                  num_steps=c.prune_steps, workdir=workdir, log_every=max(c.prune_steps // 5, 1), progress=False,
                  desc=desc)
@@ -151,7 +130,8 @@ def _model(name, m, c, workdir):
     out = {"dense_accuracy": acc(m["apply"], dense)}
     sparsity = {}
     ramp = max(int(c.prune_steps * c.ramp_fraction), 1)
-    tx = _gradual(optimizer, m, c, ramp)
+    # The final sparsity is injected: every target sparsity trains with one compiled step.
+    tx = gradual_pruning(optimizer, magnitude(m["unstructured"]), ramp, update_every=c.update_every)
     step = make_train_step(losses.classification_loss(m["apply"], inputs=m["inputs"]), tx)
     for arm, s in SPARSITIES.items():
         state = _finetune(m, c, tx, dense, os.path.join(workdir, arm), f"prune/{name}/{arm}", step, sparsity=s)
@@ -161,7 +141,7 @@ def _model(name, m, c, workdir):
     # The fixed masks of both one-shot arms, completed to the same leaves (all-True where only the other
     # prunes): `keep_masks` reads its masks from the optimizer state, so both train with one compiled step.
     masks, (structured, keep) = nm_masks(dense, m["nm"]), structured_masks(dense, m["groups"], 0.5)
-    fixed = {"nm24": _on_leaves_of(masks, structured), "structured50": _on_leaves_of(structured, masks)}
+    fixed = {"nm24": complete_masks(masks, structured), "structured50": complete_masks(structured, masks)}
     step = make_train_step(losses.classification_loss(m["apply"], inputs=m["inputs"]),
                            keep_masks(optimizer(), fixed["nm24"]))
     state = _finetune(m, c, keep_masks(optimizer(), fixed["nm24"]), apply_masks(dense, masks),

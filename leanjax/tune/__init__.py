@@ -8,12 +8,12 @@
 - `population`: N trials in one XLA program by vmapping over `optax.inject_hyperparams` state.
 """
 
+from leanjax.optim import set_hyperparams
 from leanjax.tune.population import (
     PopulationResult,
     make_population_eval,
     make_population_step,
     optimize_population,
-    set_hyperparams,
     stack,
     take,
     train_population,
