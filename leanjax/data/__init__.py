@@ -16,6 +16,7 @@ from leanjax.data.curriculum import (
 from leanjax.data.lm import LMWindows, lm_source
 from leanjax.data.pipeline import batches, eval_batches
 from leanjax.data.sampling import (
+    holdout_split,
     infobatch_plan,
     plan_batches,
     random_subset,
@@ -48,6 +49,7 @@ __all__ = [
     "asset_path",
     "competence",
     "difficulty_order",
+    "holdout_split",
     "infobatch_plan",
     "length_schedule",
     "plan_batches",

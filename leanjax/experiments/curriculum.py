@@ -36,6 +36,7 @@ from leanjax.experiments import _launch
 from leanjax.models import MLP, CausalLM, TransformerConfig, functional
 from leanjax.state import TrainState
 from leanjax.step import evaluate, make_eval_step, make_train_step
+from leanjax.train import compare_to_baseline, plot_arm_curves
 
 
 class _Steps:
@@ -67,11 +68,6 @@ def _train(step_fn, params, tx, seed, next_batch, num_steps, eval_fn, eval_every
         if (s + 1) % eval_every == 0 or s + 1 == num_steps:
             curve.append((s + 1, eval_fn(state.params)))
     return state, curve, time.perf_counter() - t0
-
-
-def _steps_to_target(curve, target, higher_is_better):
-    hit = [s for s, m in curve if (m >= target if higher_is_better else m <= target)]
-    return hit[0] if hit else None
 
 
 def _mnist_problem(c):
@@ -188,47 +184,21 @@ def _lm(c, seeds):
 
 
 def _summarise(runs, compiles, higher_is_better, target):
-    """Per-arm figures against the random arm, seed by seed."""
-    finals = {arm: [curve[-1][1] for curve, _ in rs] for arm, rs in runs.items()}
-    if not target:
-        target = (min if higher_is_better else max)(finals["random"])
-    base = [_steps_to_target(curve, target, higher_is_better) for curve, _ in runs["random"]]
-    out = {"target": target}
+    """Per-arm figures against the random arm, seed by seed, plus what each arm cost the compiler."""
+    out = compare_to_baseline({arm: [curve for curve, _ in rs] for arm, rs in runs.items()},
+                              higher_is_better=higher_is_better, target=target)
     for arm, rs in runs.items():
-        steps = [_steps_to_target(curve, target, higher_is_better) for curve, _ in rs]
-        speedups = [b / s if s and b else 0.0 for b, s in zip(base, steps)]
-        reached = [s for s in steps if s]
-        out[arm] = {
-            "steps_to_target": float(np.mean(reached)) if len(reached) == len(steps) else None,
-            "steps_to_target_per_seed": steps, "speedup_mean": float(np.mean(speedups)),
-            "speedup_low": float(min(speedups)), "speedup_per_seed": speedups,
-            "final_metric": float(np.mean(finals[arm])), "final_metric_std": float(np.std(finals[arm])),
-            "final_metric_per_seed": finals[arm], "compiles": compiles[arm],
-            "wall_s": float(np.mean([w for _, w in rs]))}
+        out[arm].update(compiles=compiles[arm], wall_s=float(np.mean([w for _, w in rs])))
     return out
 
 
 def _plot(results, curves, path):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, len(curves), figsize=(5.5 * len(curves), 3.8), squeeze=False)
-    for ax, (task, runs) in zip(axes[0], curves.items()):
-        for arm, rs in runs.items():
-            steps = [s for s, _ in rs[0][0]]
-            values = np.array([[m for _, m in curve] for curve, _ in rs])
-            ax.plot(steps, values.mean(0), label=arm)
-            ax.fill_between(steps, values.min(0), values.max(0), alpha=0.2)
-        ax.axhline(results[task]["target"], color="k", lw=0.8, ls="--", label="target")
-        ax.set(title=task, xlabel="step", ylabel="eval accuracy" if task == "mnist" else "eval loss")
-        if task == "lm":
-            ax.set_ylim(top=float(np.percentile(values, 90)) + 0.2)
-        ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
+    panels = {task: {arm: [curve for curve, _ in rs] for arm, rs in runs.items()} for task, runs in curves.items()}
+    # Loss curves start far above where they end: clip the top so that the arms' differences show.
+    ylims = {"lm": (None, float(np.percentile([m for rs in panels["lm"].values() for c in rs for _, m in c], 90))
+                    + 0.2)} if "lm" in panels else {}
+    plot_arm_curves(panels, path, targets={task: results[task]["target"] for task in panels},
+                    ylabels={"mnist": "eval accuracy", "lm": "eval loss"}, ylims=ylims)
 
 
 def run(config, workdir):

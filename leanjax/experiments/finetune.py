@@ -28,7 +28,7 @@ from leanjax import data, losses
 from leanjax.experiments import _launch, _minilm
 from leanjax.state import TrainState
 from leanjax.step import evaluate, make_eval_step, make_train_step
-from leanjax.train import fit, plot_curves
+from leanjax.train import fit, plot_curves, steps_to_target
 from leanjax.trees import count_params
 
 INPUTS = _minilm.INPUTS
@@ -54,10 +54,6 @@ def build(config):
 
 def _eval_curve(history: list[dict]) -> list[tuple[int, float]]:
     return [(r["step"], r["eval_accuracy"]) for r in history if "eval_accuracy" in r]
-
-
-def _first_reaching(curve: list[tuple[int, float]], target: float) -> int | None:
-    return next((s for s, acc in curve if acc >= target), None)
 
 
 def _plot(curves: dict, losses_by_arm: dict, target: float, path: str) -> None:
@@ -112,7 +108,7 @@ def run(config, workdir):
 
     curves = {arm: _eval_curve(r.history) for arm, r in results.items()}
     final = {arm: r.last_eval["accuracy"] for arm, r in results.items()}
-    match = _first_reaching(curves["finetuned"], final["scratch"])
+    match = steps_to_target(curves["finetuned"], final["scratch"])
     speedup = config.num_steps / match if match else None
     headline = {"finetuned_accuracy": final["finetuned"], "scratch_accuracy": final["scratch"],
                 "steps_to_match_scratch": match, "speedup": speedup,
@@ -126,7 +122,7 @@ def run(config, workdir):
         "accuracy_gain": final["finetuned"] - final["scratch"],
         "resolution_steps": config.eval_every,
         # When did scratch itself first reach its final accuracy? (a plateau would shrink the speedup)
-        "scratch_steps_to_own_final": _first_reaching(curves["scratch"], final["scratch"]),
+        "scratch_steps_to_own_final": steps_to_target(curves["scratch"], final["scratch"]),
         "steps_per_s": {arm: r.steps_per_s for arm, r in results.items()},
         "compile_s": {arm: r.compile_s for arm, r in results.items()},
         "params": count_params(parts["params"]),
