@@ -144,3 +144,22 @@ def test_steps_to_target_and_compare_to_baseline(tmp_path):
         compare_to_baseline({"a": curves["random"]})
     path = plot_arm_curves({"mnist": curves}, str(tmp_path / "c.png"), targets={"mnist": out["target"]})
     assert (tmp_path / "c.png").stat().st_size > 1000 and path.endswith("c.png")
+
+
+def test_write_report_markdown_and_self_contained_html(tmp_path):
+    import base64
+
+    from leanjax.train.report import write_report
+
+    png = b"\x89PNG fake bytes"
+    paths = write_report(str(tmp_path), title="a <b> report", paragraphs=["x < y"],
+                         tables=[("Costs", [["stage", "what"], ["lean", "`remat` & QLoRA"]])],
+                         figures={"memory": ("Training memory", png)})
+    md = open(paths["md"]).read()
+    assert md.startswith("# a <b> report\n\nx < y\n") and "| lean | `remat` & QLoRA |" in md
+    assert "![Training memory](report_figures/memory.png)" in md
+    assert open(os.path.join(paths["figures"], "memory.png"), "rb").read() == png
+    page = open(paths["html"]).read()
+    assert "<title>a &lt;b&gt; report</title>" in page and "<p>x &lt; y</p>" in page
+    assert "<td><code>remat</code> &amp; QLoRA</td>" in page
+    assert f'src="data:image/png;base64,{base64.b64encode(png).decode()}"' in page
