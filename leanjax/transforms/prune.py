@@ -56,8 +56,9 @@ def apply_masks(params: Any, masks: Masks) -> Any:
 
 
 def _targeted(params: Any, targets: Targets) -> Any:
-    """A params-shaped tree: True at targeted leaves, None elsewhere."""
-    return select(jax.tree.map(lambda _: False, params), targets, lambda path, _: True)
+    """A params-shaped tree: True at targeted leaves, False elsewhere. The targets see the real leaves, so a
+    predicate may look at their shapes."""
+    return jax.tree.map(lambda x: x is True, select(params, targets, lambda path, _: True))
 
 
 def _keep_top(scores: jax.Array, sparsity: jax.Array) -> jax.Array:
