@@ -92,8 +92,11 @@ def set_hyperparams(state: Any, **values: float) -> Any:
       **values: name -> value, e.g. `learning_rate_scale=3e-4, weight_decay=0.01`.
 
     Returns:
-      `state` with `opt_state.hyperparams[name] = value` (in the hyperparameter's dtype) for each one given.
+      `state` with `opt_state.hyperparams[name] = value` (in the hyperparameter's dtype) for each one given
+      (`state` itself when none is).
     """
+    if not values:
+        return state
     hyper = getattr(state.opt_state, "hyperparams", None)
     if hyper is None:
         raise ValueError("the optimizer state has no injected hyperparameters: build the optimizer with "
