@@ -21,7 +21,13 @@ def _is_none(x: Any) -> bool:
 def partition(params: Any, mask: Any | None) -> tuple[Any, Any]:
     """Split `params` by a bool `mask` into `(trainable, frozen)`, each with `None` where the other has a leaf.
 
-    `mask=None` means everything is trainable.
+    Args:
+      params: a params tree (typed weights flatten into their array leaves).
+      mask: a bool tree with the leaves of `params` (e.g. `leanjax.transforms.trainable(params)`); None:
+        everything is trainable.
+
+    Returns:
+      `(trainable, frozen)`: two trees of the params structure, `combine` puts them back together.
     """
     if mask is None:
         return params, jax.tree.map(lambda _: None, params)
@@ -36,7 +42,15 @@ def partition(params: Any, mask: Any | None) -> tuple[Any, Any]:
 
 
 def combine(trainable: Any, frozen: Any) -> Any:
-    """Inverse of `partition`: take each leaf from whichever side holds it."""
+    """Inverse of `partition`: take each leaf from whichever side holds it.
+
+    Args:
+      trainable: the first tree `partition` returned (possibly updated).
+      frozen: the second.
+
+    Returns:
+      The params tree.
+    """
     return jax.tree.map(lambda t, f: f if t is None else t, trainable, frozen, is_leaf=_is_none)
 
 

@@ -84,8 +84,17 @@ def unit_scores(params: Any, group: Group) -> jax.Array:
 
 
 def structured_masks(params: Any, groups: Sequence[Group], sparsity: float) -> tuple[Masks, dict[str, jax.Array]]:
-    """Masks removing the fraction `sparsity` of the lowest-scored units of every group, and `keep`:
-    one bool vector per group name (True = unit kept)."""
+    """Masks removing the lowest-scored units of every group (neurons, channels, heads).
+
+    Args:
+      params: a params tree.
+      groups: the units, e.g. `mlp_groups(params)`, `cnn_groups(params)`, `transformer_groups(...)`.
+      sparsity: the fraction of each group's units to drop.
+
+    Returns:
+      `(masks, keep)`: a mask tree (`leanjax.transforms.prune` format) and one bool vector per group name
+      (True = unit kept), which `compact` takes.
+    """
     keep = {g.name: _keep_top(unit_scores(params, g), jnp.asarray(sparsity)) for g in groups}
     return masks_from_keep(params, groups, keep), keep
 
@@ -107,8 +116,18 @@ def masks_from_keep(params: Any, groups: Sequence[Group], keep: dict[str, jax.Ar
 
 
 def compact(params: Any, groups: Sequence[Group], keep: dict[str, Any]) -> Any:
-    """`params` with every dropped unit's slices removed: smaller arrays, same function as the masked
-    params. Runs eagerly (the kept indices decide the shapes)."""
+    """`params` with every dropped unit's slices removed: smaller arrays, same function as the masked params.
+
+    Runs eagerly (the kept indices decide the shapes).
+
+    Args:
+      params: a params tree (masked or not: dropped slices are removed either way).
+      groups: the groups `keep` refers to.
+      keep: group name -> bool vector, from `structured_masks`.
+
+    Returns:
+      The smaller params tree, for the model built at the smaller widths.
+    """
     leaves = _leaves(params)
     for g in groups:
         kept = np.flatnonzero(np.asarray(keep[g.name]))
@@ -129,7 +148,14 @@ def _dense(prefix: str, size: int, consumer: Slot) -> Group:
 
 
 def mlp_groups(params: Any) -> list[Group]:
-    """The hidden neurons of `leanjax.models.MLP` (every layer but the output one)."""
+    """The hidden neurons of `leanjax.models.MLP` (every layer but the output one).
+
+    Args:
+      params: the MLP's params.
+
+    Returns:
+      One `Group` per hidden layer.
+    """
     layers = params["layers"]
     n = len(layers)
     return [_dense(f"layers/{i}", layers[i]["kernel"].shape[-1], Slot(f"layers/{i + 1}/kernel", 0))
@@ -141,6 +167,12 @@ def cnn_groups(params: Any) -> list[Group]:
 
     The last conv's channels are read by `hidden` through the NHWC flatten, where the channel is the
     fastest-varying index: `Slot(inner=1)` with the spatial positions as the implied outer blocks.
+
+    Args:
+      params: the CNN's params.
+
+    Returns:
+      One `Group` per conv layer and one for the hidden dense layer.
     """
     convs = params["convs"]
     n = len(convs)
@@ -153,9 +185,21 @@ def cnn_groups(params: Any) -> list[Group]:
 
 def transformer_groups(params: Any, num_heads: int, *, prefix: str = "encoder/", heads: bool = True,
                        neurons: bool = True) -> list[Group]:
-    """Per layer of a BERT-layout `Transformer` (under `prefix`): the attention heads (query/key/value
-    columns and the output projection's rows, in blocks of `head_dim`) and the intermediate neurons
-    (intermediate columns and output rows)."""
+    """Per layer of a BERT-layout `Transformer`: the attention heads and the intermediate neurons.
+
+    Heads are the query/key/value columns and the output projection's rows, in blocks of `head_dim`;
+    neurons the intermediate columns and the output's rows.
+
+    Args:
+      params: the model's params (unrolled layers).
+      num_heads: attention heads per layer.
+      prefix: where the layers live in the params ('encoder/' for `SequenceClassifier`).
+      heads: include the head groups.
+      neurons: include the neuron groups.
+
+    Returns:
+      The `Group`s, layer by layer.
+    """
     layers = params
     for part in prefix.strip("/").split("/") if prefix.strip("/") else ():
         layers = layers[part]

@@ -33,7 +33,17 @@ from leanjax.losses import correct, cross_entropy
 
 
 def kd_loss(student_logits: jax.Array, teacher_logits: jax.Array, temperature: float = 1.0) -> jax.Array:
-    """Per-example `T^2 * KL(softmax(teacher/T) || softmax(student/T))`, float32."""
+    """Per-example `T^2 * KL(softmax(teacher/T) || softmax(student/T))`, float32 (Hinton et al. 2015,
+    arXiv:1503.02531; the `T^2` keeps its gradients on the scale of the label loss).
+
+    Args:
+      student_logits: `[..., C]`.
+      teacher_logits: `[..., C]`.
+      temperature: T.
+
+    Returns:
+      The loss per example, `[...]`.
+    """
     t = jax.nn.log_softmax(teacher_logits.astype(jnp.float32) / temperature, axis=-1)
     s = jax.nn.log_softmax(student_logits.astype(jnp.float32) / temperature, axis=-1)
     return temperature ** 2 * jnp.sum(jnp.exp(t) * (t - s), axis=-1)
@@ -41,11 +51,20 @@ def kd_loss(student_logits: jax.Array, teacher_logits: jax.Array, temperature: f
 
 def topk_kd_loss(student_logits: jax.Array, values: jax.Array, indices: jax.Array,
                  temperature: float = 1.0) -> jax.Array:
-    """`kd_loss` against a teacher known by its top-k logits `values [..., k]` at classes `indices`.
+    """`kd_loss` against a teacher known by its top-k logits only.
 
-    The teacher's distribution is renormalised over its k classes and the student's log-probabilities
-    (over all classes) are read at them: cross-entropy minus the teacher's entropy, so it equals
-    `kd_loss` when k covers every class.
+    The teacher's distribution is renormalised over its k classes and the student's log-probabilities (over
+    all classes) are read at them: cross-entropy minus the teacher's entropy, so it equals `kd_loss` when k
+    covers every class.
+
+    Args:
+      student_logits: `[..., C]`.
+      values: the teacher's top-k logits, `[..., k]`.
+      indices: their classes, `[..., k]`.
+      temperature: T.
+
+    Returns:
+      The loss per example, `[...]`.
     """
     t = jax.nn.log_softmax(values.astype(jnp.float32) / temperature, axis=-1)
     s_all = jax.nn.log_softmax(student_logits.astype(jnp.float32) / temperature, axis=-1)
@@ -81,9 +100,15 @@ def attention_transfer_loss(student_a: jax.Array, teacher_a: jax.Array, p: float
 
 
 def distill_trainable(params: dict[str, Any], student_mask: Any | None = None) -> dict[str, Any]:
-    """The trainable mask for `{"student": ..., "teacher": ...}` params: the teacher is frozen
-    (`student_mask`, default all True, masks the student; other top-level keys, e.g. a projection,
-    are trained)."""
+    """The trainable mask for `{"student": ..., "teacher": ...}` params: the teacher is frozen.
+
+    Args:
+      params: `{"student": ..., "teacher": ..., ...}`; other top-level keys (e.g. a projection) are trained.
+      student_mask: masks the student (default: all of it trains).
+
+    Returns:
+      A bool tree of `params`' structure.
+    """
     if "teacher" not in params or "student" not in params:
         raise KeyError(f"distillation params need 'student' and 'teacher' keys, got {sorted(params)}")
     mask = {k: jax.tree.map(lambda _: True, v) for k, v in params.items()}
@@ -95,11 +120,20 @@ def distill_trainable(params: dict[str, Any], student_mask: Any | None = None) -
 
 def distillation_loss(student_apply: Callable, teacher_apply: Callable, *, inputs: str | Sequence[str],
                       alpha: float = 0.5, temperature: float = 2.0) -> Callable:
-    """`loss_fn({"student", "teacher"}, batch, rng) -> (loss, metrics)`:
-    `alpha * kd_loss(T) + (1 - alpha) * cross_entropy(labels)`, batch-averaged.
+    """Online distillation: `alpha * kd_loss(T) + (1 - alpha) * cross_entropy(labels)`, batch-averaged.
 
     `teacher_apply(teacher_params, *inputs)` runs deterministically under `stop_gradient`; `student_apply`
-    gets the dropout key. Metrics: `accuracy`, `kd` and `ce` (the two terms).
+    gets the dropout key.
+
+    Args:
+      student_apply: `student_apply(params, *inputs, dropout_rng=...) -> logits`.
+      teacher_apply: `teacher_apply(params, *inputs) -> logits` (same classes).
+      inputs: the batch keys passed as inputs, e.g. `("input_ids", "attention_mask")`.
+      alpha: the weight of the distillation term.
+      temperature: T.
+
+    Returns:
+      `loss_fn({"student", "teacher"}, batch, rng) -> (loss, metrics)` with metrics `accuracy`, `kd`, `ce`.
     """
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha={alpha} must be in [0, 1]")
@@ -120,7 +154,17 @@ def distillation_loss(student_apply: Callable, teacher_apply: Callable, *, input
 def offline_distillation_loss(student_apply: Callable, *, inputs: str | Sequence[str], alpha: float = 0.5,
                               temperature: float = 2.0) -> Callable:
     """`distillation_loss` against cached teacher logits: the batch carries `teacher_values` and
-    `teacher_indices` (from `cache_topk`); `params` are the student's alone."""
+    `teacher_indices` (from `cache_topk`), so no teacher runs during training.
+
+    Args:
+      student_apply: `student_apply(params, *inputs, dropout_rng=...) -> logits`.
+      inputs: the batch keys passed as inputs.
+      alpha: the weight of the distillation term (`topk_kd_loss`).
+      temperature: T.
+
+    Returns:
+      `loss_fn(student_params, batch, rng) -> (loss, metrics)` with metrics `accuracy`, `kd`, `ce`.
+    """
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha={alpha} must be in [0, 1]")
     names = (inputs,) if isinstance(inputs, str) else tuple(inputs)
@@ -137,12 +181,19 @@ def offline_distillation_loss(student_apply: Callable, *, inputs: str | Sequence
 
 def cache_topk(teacher_logits_fn: Callable[[Any], jax.Array], batches: Iterable[dict], num_examples: int,
                k: int) -> dict[str, np.ndarray]:
-    """Run the teacher once over `batches` (in example-id order, e.g. `leanjax.data.eval_batches`,
-    whose padded rows carry `mask=False`) and keep each example's top-k logits:
-    `{"teacher_values": float32 [N, k], "teacher_indices": int32 [N, k]}`, row i for example i.
+    """Run the teacher once over `batches` and keep each example's top-k logits.
 
-    `teacher_logits_fn(batch) -> [B, C]` is typically a jitted closure over the teacher's params. Store
-    the arrays next to the data (`np.savez`) and add them to the training source as extra fields.
+    Store the arrays next to the data (`np.savez`) and add them to the training source as extra fields.
+
+    Args:
+      teacher_logits_fn: `fn(batch) -> [B, C]`, typically a jitted closure over the teacher's params.
+      batches: every example once, in example-id order (e.g. `leanjax.data.eval_batches`, whose padded rows
+        carry `mask=False`).
+      num_examples: N.
+      k: logits kept per example.
+
+    Returns:
+      `{"teacher_values": float32 [N, k], "teacher_indices": int32 [N, k]}`, row i for example i.
     """
     top = jax.jit(lambda logits: jax.lax.top_k(logits.astype(jnp.float32), k))
     values, indices = [], []

@@ -42,9 +42,14 @@ def export_merged(params: Any, path: str, *,
                   to_names: Callable[[Any], dict[str, Any]] | None = None) -> dict[str, np.ndarray]:
     """Merge every typed weight and write the result to the safetensors file `path`.
 
-    `to_names(merged_params) -> {name: array}` maps the params tree to the checkpoint's names and
-    layouts (a key map such as HF's); by default names are the params paths with '.' separators.
-    Returns what was written.
+    Args:
+      params: a params tree with typed weights.
+      path: the safetensors file to write.
+      to_names: `to_names(merged_params) -> {name: array}` maps the params tree to the checkpoint's names and
+        layouts (a key map such as HF's); default: the params paths with '.' separators.
+
+    Returns:
+      The `{name: array}` written.
     """
     merged = merge(params)
     if to_names is None:
@@ -69,9 +74,18 @@ def export_peft(params: Any, directory: str, *,
               base_model_name_or_path: str | None = None) -> dict[str, np.ndarray]:
     """Write the LoRA adapters of `params` as an HF PEFT adapter in `directory`.
 
-    `module_name(path, index)` gives the HF module a LoRA leaf at `path` adapts (e.g.
-    'encoder.layer.3.attention.self.query'); `index` is the layer's index in a stacked weight, `()`
-    otherwise. Kernels are assumed in the Flax layout `[in..., out...]`. Returns the tensors written.
+    Kernels are assumed in the Flax layout `[in..., out...]`.
+
+    Args:
+      params: a params tree with LoRA weights.
+      directory: where `adapter_model.safetensors` and `adapter_config.json` go.
+      module_name: `module_name(path, index)` gives the HF module a LoRA leaf at `path` adapts (e.g.
+        'encoder.layer.3.attention.self.query'); `index` is the layer's index in a stacked weight, `()`
+        otherwise.
+      base_model_name_or_path: recorded in the adapter config.
+
+    Returns:
+      The tensors written, by PEFT name.
     """
     adapters = [(p, x) for p, x in leaves_with_paths(params) if isinstance(x, LoRA)]
     if not adapters:
@@ -109,8 +123,15 @@ def export_peft(params: Any, directory: str, *,
 
 
 def requantize(params: Any) -> Any:
-    """For serving: each LoRA over a quantized base merged and quantized as its base was; each
-    fake-quantized weight encoded for real. Other LoRA weights are merged to plain arrays."""
+    """For serving: each LoRA over a quantized base merged and quantized as its base was; each fake-quantized
+    weight encoded for real. Other LoRA weights are merged to plain arrays.
+
+    Args:
+      params: a trained params tree (LoRA / QLoRA / QAT weights).
+
+    Returns:
+      The params to serve.
+    """
 
     def one(x):
         if isinstance(x, FakeQuant):

@@ -123,14 +123,25 @@ def _kaiming_a(key, shape, fan_in, dtype):
 
 def lora(params: Any, targets: Targets, *, rank: int, key: jax.Array, alpha: float | None = None,
          variant: str = "lora", dropout: float = 0.0, in_axes: int = 1, out_axes: int = 1) -> Any:
-    """Wrap the targeted leaves of `params` in LoRA weights.
+    """Wrap the targeted leaves of `params` in LoRA weights (Hu et al. 2021, arXiv:2106.09685).
 
-    `targets`: a regex (`re.fullmatch` on '/'-joined paths) or `fn(path, leaf) -> bool`. `alpha`
-    defaults to `rank`. `variant` is 'lora' (`alpha/r`), 'rslora' (`alpha/sqrt(r)`) or 'dora' (LoRA
-    scaling plus a trained magnitude). `dropout` is applied to the adapter's input when a key is set
-    with `with_dropout_rng`. A leaf of shape `S + I + O` with `len(I) = in_axes`, `len(O) = out_axes`
-    treats the leading `S` axes as stacked layers (Flax kernels are `[in, out]`; scanned models stack
-    them as `[layers, in, out]`).
+    A leaf of shape `S + I + O` with `len(I) = in_axes`, `len(O) = out_axes` treats the leading `S` axes as
+    stacked layers (Flax kernels are `[in, out]`; scanned models stack them as `[layers, in, out]`).
+
+    Args:
+      params: a params tree (a targeted quantized leaf becomes the frozen base: QLoRA).
+      targets: a regex (`re.fullmatch` on '/'-joined paths) or `fn(path, leaf) -> bool`.
+      rank: the adapters' rank r.
+      key: initialises `a` (random); `b` starts at zero, so the model is unchanged at first.
+      alpha: the scale's numerator; default `rank`.
+      variant: 'lora' (`alpha/r`), 'rslora' (`alpha/sqrt(r)`) or 'dora' (LoRA scaling plus a trained
+        magnitude, arXiv:2402.09353).
+      dropout: dropout on the adapter's input, applied when a key is set with `with_dropout_rng`.
+      in_axes: trailing input axes of each targeted leaf.
+      out_axes: trailing output axes.
+
+    Returns:
+      `params` with the targeted leaves replaced by `LoRA` typed weights.
     """
     if variant not in VARIANTS:
         raise ValueError(f"unknown LoRA variant {variant!r}: use one of {VARIANTS}")
@@ -161,7 +172,15 @@ def lora(params: Any, targets: Targets, *, rank: int, key: jax.Array, alpha: flo
 
 
 def with_dropout_rng(params: Any, rng: jax.Array) -> Any:
-    """Give every LoRA weight with dropout its own key (one per stacked layer); call inside the loss."""
+    """Give every LoRA weight with dropout its own key (one per stacked layer); call inside the loss.
+
+    Args:
+      params: a params tree with LoRA weights.
+      rng: the step's dropout key.
+
+    Returns:
+      `params` whose LoRA weights with `dropout > 0` carry keys (the others unchanged).
+    """
     if not jax.dtypes.issubdtype(rng.dtype, jax.dtypes.prng_key):
         rng = jax.random.wrap_key_data(rng)
     counter = itertools.count()
@@ -180,6 +199,13 @@ def unmerge(merged: Any, like: Any) -> Any:
     """LoRA weights recovered from merged arrays: each LoRA leaf of `like` gets `base = merged - delta`.
 
     DoRA cannot be unmerged: the merged weight does not determine the column norms of `W0 + s*A@B`.
+
+    Args:
+      merged: plain arrays, e.g. `merge(params)` or weights read back from an exported checkpoint.
+      like: the LoRA params tree the adapters come from.
+
+    Returns:
+      `like`'s structure with each LoRA base replaced so that merging gives `merged` again.
     """
 
     def one(template, array):

@@ -51,7 +51,15 @@ def map_masked(fn: Callable[[jax.Array, Any], Any], masks: Masks, tree: Any) -> 
 
 
 def apply_masks(params: Any, masks: Masks) -> Any:
-    """`params` with every pruned entry set to zero."""
+    """`params` with every pruned entry set to zero.
+
+    Args:
+      params: a params tree.
+      masks: a mask tree (bool arrays, True = keep, at pruned leaves; None elsewhere).
+
+    Returns:
+      The masked params (plain arrays holding zeros).
+    """
     return map_masked(lambda m, w: jnp.where(m, w, jnp.zeros_like(w)), masks, params)
 
 
@@ -72,9 +80,16 @@ def _keep_top(scores: jax.Array, sparsity: jax.Array) -> jax.Array:
 
 
 def magnitude(targets: Targets, scope: str = "layer") -> MaskFn:
-    """Mask function for magnitude pruning of the leaves `targets` selects (see `leanjax.transforms.
-    select`): `scope="layer"` prunes the same fraction of every leaf, `"global"` ranks all targeted
-    weights together (layers with many small weights lose more)."""
+    """Mask function for magnitude pruning of the leaves `targets` selects.
+
+    Args:
+      targets: a regex on '/'-joined paths, or `fn(path, leaf) -> bool` (it sees the real leaves).
+      scope: "layer" prunes the same fraction of every leaf; "global" ranks all targeted weights together
+        (layers with many small weights lose more).
+
+    Returns:
+      `mask_fn(params, sparsity) -> masks`, for `prune_by_schedule` / `gradual_pruning` or called directly.
+    """
     if scope not in ("layer", "global"):
         raise ValueError(f"scope={scope!r}: use 'layer' or 'global'")
 
@@ -115,15 +130,38 @@ def nm_mask(w: jax.Array, n: int = 2, m: int = 4, axis: int = -2) -> jax.Array:
 
 
 def nm_masks(params: Any, targets: Targets, n: int = 2, m: int = 4, axis: int = -2) -> Masks:
-    """N:M masks for the targeted leaves (None elsewhere)."""
+    """N:M masks for the targeted leaves: the `n` largest |w| of every `m` consecutive entries along `axis`.
+
+    Args:
+      params: a params tree.
+      targets: a regex on '/'-joined paths, or `fn(path, leaf) -> bool`.
+      n: entries kept per group.
+      m: group size.
+      axis: the contraction axis (-2 for `[in, out]` kernels).
+
+    Returns:
+      A mask tree (None at untargeted leaves).
+    """
     chosen = _targeted(params, targets)
     return jax.tree.map(lambda c, w: nm_mask(w, n, m, axis) if c else None, chosen, params, is_leaf=_is_none)
 
 
 def polynomial_schedule(final_sparsity: float, begin_step: int, end_step: int, *, initial_sparsity: float = 0.0,
                         power: float = 3.0) -> optax.Schedule:
-    """Zhu & Gupta's gradual schedule: `initial_sparsity` until `begin_step`, `final_sparsity` from
-    `end_step` on, a cubic (for `power=3`) ramp in between that prunes fast early and slowly late."""
+    """Zhu & Gupta's gradual schedule (arXiv:1710.01878): `initial_sparsity` until `begin_step`,
+    `final_sparsity` from `end_step` on, a cubic (for `power=3`) ramp in between that prunes fast early
+    and slowly late.
+
+    Args:
+      final_sparsity: in [initial_sparsity, 1).
+      begin_step: where the ramp starts.
+      end_step: where it ends (after `begin_step`).
+      initial_sparsity: before the ramp.
+      power: the ramp's exponent.
+
+    Returns:
+      `schedule(step) -> sparsity`.
+    """
     if not 0.0 <= initial_sparsity <= final_sparsity < 1.0:
         raise ValueError(f"need 0 <= initial_sparsity ({initial_sparsity}) <= final_sparsity "
                          f"({final_sparsity}) < 1")
@@ -154,10 +192,20 @@ def prune_by_schedule(inner: optax.GradientTransformation, schedule: optax.Sched
     """`inner` with gradual pruning: the masks live in this transformation's state.
 
     At update `t` (counting from 0), when `t % update_every == 0` and `t <= end_step` (or always if
-    `end_step` is None), the masks are recomputed as `mask_fn(params + updates, schedule(t + 1))`, so
-    after update `t` the params have the sparsity the schedule names for step `t + 1`. Gradients of pruned
-    weights are zeroed before `inner` sees them (no optimizer momentum on dead weights), and every
-    update is corrected so pruned params stay exactly zero. `params` must be passed to `update`.
+    `end_step` is None), the masks are recomputed as `mask_fn(params + updates, schedule(t + 1))`, so after
+    update `t` the params have the sparsity the schedule names for step `t + 1`. Gradients of pruned weights
+    are zeroed before `inner` sees them (no optimizer momentum on dead weights), and every update is
+    corrected so pruned params stay exactly zero. `params` must be passed to `update`.
+
+    Args:
+      inner: the optimizer to wrap.
+      schedule: `schedule(step) -> sparsity`, e.g. `polynomial_schedule(...)`.
+      mask_fn: `(params, sparsity) -> masks`, e.g. `magnitude(targets)`.
+      update_every: recompute the masks every this many updates.
+      end_step: no recomputation after this update (None: never stop).
+
+    Returns:
+      An `optax.GradientTransformation` (its state a `PruneState`; `masks_of` reads the masks).
     """
     if update_every < 1:
         raise ValueError(f"update_every must be >= 1, got {update_every}")
@@ -184,7 +232,15 @@ def prune_by_schedule(inner: optax.GradientTransformation, schedule: optax.Sched
 
 
 def keep_masks(inner: optax.GradientTransformation, masks: Masks) -> optax.GradientTransformation:
-    """`inner` with fixed masks (held in its state, so they checkpoint): pruned weights stay zero."""
+    """`inner` with fixed masks (held in its state, so they checkpoint): pruned weights stay zero.
+
+    Args:
+      inner: the optimizer to wrap.
+      masks: the mask tree to keep (copied into the state).
+
+    Returns:
+      An `optax.GradientTransformation` masking gradients and updates.
+    """
 
     def init(params):
         # A copy: a train step that donates its state must not delete the caller's masks.
@@ -241,7 +297,15 @@ def complete_masks(masks: Masks, other: Masks) -> Masks:
 
 
 def masks_of(opt_state: Any) -> Masks:
-    """The masks held by the first `PruneState` in an optimizer state (e.g. a `TrainState.opt_state`)."""
+    """The masks held by the first `PruneState` in an optimizer state.
+
+    Args:
+      opt_state: e.g. a `TrainState.opt_state` built with `prune_by_schedule`, `gradual_pruning` or
+        `keep_masks`.
+
+    Returns:
+      The mask tree.
+    """
     found = [s for s in jax.tree.leaves(opt_state, is_leaf=lambda x: isinstance(x, PruneState))
              if isinstance(s, PruneState)]
     if not found:

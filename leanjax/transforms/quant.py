@@ -202,8 +202,20 @@ def _validate(path: str, w, bits: int, scheme: str, group_size: int | None, axis
 
 def encode(w: jax.Array, *, bits: int = 8, scheme: str = "int", group_size: int | None = None,
            axis: int = -2, path: str = "weight") -> Quantized:
-    """Quantize one array with absmax scales over groups of `group_size` along `axis` (None: the whole
-    axis, i.e. one scale per channel). `path` names the weight in errors."""
+    """Quantize one array with absmax scales over groups of `group_size` along `axis`.
+
+    Args:
+      w: the float array.
+      bits: 8 or 4.
+      scheme: 'int' (uniform) or 'nf4' (4-bit NormalFloat, QLoRA's).
+      group_size: consecutive entries along `axis` sharing one scale; None: the whole axis (one scale per
+        channel).
+      axis: the axis the scales reduce over (-2: the input axis of an `[in, out]` kernel).
+      path: the weight's name in error messages.
+
+    Returns:
+      A `Quantized` typed weight (`Int8`, `Int4` or `NF4`).
+    """
     group_size, axis = _validate(path, w, bits, scheme, group_size, axis)
     return _encode(w, bits=bits, scheme=scheme, group_size=group_size, axis=axis)
 
@@ -225,7 +237,18 @@ def _encode(w: jax.Array, *, bits: int, scheme: str, group_size: int, axis: int)
 
 def fake_quantize(w: jax.Array, *, bits: int = 8, scheme: str = "int", group_size: int | None = None,
                   axis: int = -2) -> jax.Array:
-    """Quantize-dequantize `w`, with a straight-through gradient: the backward pass sees the identity."""
+    """Quantize-dequantize `w`, with a straight-through gradient: the backward pass sees the identity.
+
+    Args:
+      w: the float array.
+      bits: 8 or 4.
+      scheme: 'int' or 'nf4'.
+      group_size: entries per scale along `axis`; None: one scale per channel.
+      axis: the axis the scales reduce over.
+
+    Returns:
+      An array of `w`'s shape and dtype holding the values the quantized weight would serve.
+    """
     q = encode(lax.stop_gradient(w), bits=bits, scheme=scheme, group_size=group_size, axis=axis)
     qdq = q.materialise()
     return w + lax.stop_gradient(qdq - w)
@@ -274,12 +297,22 @@ def quantize(params: Any, targets: Targets, *, bits: int = 8, scheme: str = "int
              group_size: int | None = None, axis: int = -2, qat: bool = False) -> Any:
     """Replace the targeted float leaves of `params` by quantized typed weights.
 
-    `targets`: a regex matched (`re.fullmatch`) against '/'-joined paths, or `fn(path, leaf) -> bool`.
-    `bits=8` with `scheme='int'` gives `Int8`; `bits=4` gives `Int4` (`scheme='int'`) or `NF4`
-    (`scheme='nf4'`). Scales are absmax over `axis` (default -2: the input axis of an `[in, out]` kernel,
-    so one scale per output channel), per group of `group_size` consecutive entries when given. For an
-    embedding table `[vocab, features]` pass `axis=-1` for one scale per row. A targeted LoRA weight has
-    its base quantized (QLoRA). `qat=True` gives trainable `FakeQuant` weights instead.
+    Scales are absmax over `axis` (default -2: the input axis of an `[in, out]` kernel, so one scale per
+    output channel), per group of `group_size` consecutive entries when given. For an embedding table
+    `[vocab, features]` pass `axis=-1` for one scale per row. A targeted LoRA weight has its base quantized
+    (QLoRA).
+
+    Args:
+      params: a params tree.
+      targets: a regex matched (`re.fullmatch`) against '/'-joined paths, or `fn(path, leaf) -> bool`.
+      bits: 8 gives `Int8` (scheme 'int'); 4 gives `Int4` ('int') or `NF4` ('nf4').
+      scheme: 'int' or 'nf4'.
+      group_size: entries per scale along `axis`; None: one scale per channel.
+      axis: the axis the scales reduce over.
+      qat: give trainable `FakeQuant` weights (quantization-aware training) instead.
+
+    Returns:
+      `params` with the targeted leaves replaced.
     """
     def one(path: str, leaf):
         if isinstance(leaf, LoRA):
@@ -295,7 +328,14 @@ def quantize(params: Any, targets: Targets, *, bits: int = 8, scheme: str = "int
 
 
 def dequantize(params: Any) -> Any:
-    """Every quantized leaf back to a plain array (LoRA adapters over a quantized base are kept)."""
+    """Every quantized leaf back to a plain array (LoRA adapters over a quantized base are kept).
+
+    Args:
+      params: a params tree with typed weights.
+
+    Returns:
+      `params` with each quantized weight (or LoRA base) dequantized to its float dtype.
+    """
     def one(x):
         if isinstance(x, LoRA):
             return x.replace_base(one(x.base))

@@ -20,7 +20,14 @@ Targets = str | Callable[[str, Any], bool]
 
 
 def leaves_with_paths(params: Any) -> list[tuple[str, Any]]:
-    """`(path, leaf)` pairs, typed weights kept whole."""
+    """The leaves of a params tree with their paths, typed weights kept whole.
+
+    Args:
+      params: a params tree.
+
+    Returns:
+      `[(path, leaf), ...]`, paths '/'-joined (e.g. 'encoder/layers/0/attention/query/kernel').
+    """
     flat, _ = jax.tree_util.tree_flatten_with_path(params, is_leaf=is_typed)
     return [(path_str(p), leaf) for p, leaf in flat]
 

@@ -74,8 +74,15 @@ def _unpack_positions(index: jax.Array) -> jax.Array:
 
 
 def encode24(w: jax.Array, mask: jax.Array | None = None) -> Packed24:
-    """Pack `w [..., K, N]` (K a multiple of 8) keeping, in each group of 4 along K, the two entries
-    `mask` marks (default: the two largest |w|, `prune.nm_mask`)."""
+    """Pack a weight 2:4: in each group of 4 along K, two values kept with their 2-bit positions.
+
+    Args:
+      w: `[..., K, N]`, K a multiple of 8.
+      mask: the two entries of every 4 to keep; default the two largest |w| (`prune.nm_mask`).
+
+    Returns:
+      A `Packed24` typed weight: half the values plus the indices.
+    """
     if w.ndim < 2 or w.shape[-2] % 8:
         raise ValueError(f"Packed24 needs a [..., K, N] weight with K a multiple of 8, got shape {w.shape}")
     mask = nm_mask(w, 2, 4, axis=-2) if mask is None else mask
@@ -91,7 +98,16 @@ def encode24(w: jax.Array, mask: jax.Array | None = None) -> Packed24:
 
 
 def pack24(params: Any, targets: Targets, masks: Masks | None = None) -> Any:
-    """Targeted leaves replaced by `Packed24` (using their entry of `masks` when given)."""
+    """Targeted leaves replaced by `Packed24`.
+
+    Args:
+      params: a params tree.
+      targets: a regex on '/'-joined paths, or `fn(path, leaf) -> bool`.
+      masks: a mask tree (e.g. `nm_masks`); a targeted leaf uses its entry when given.
+
+    Returns:
+      `params` with the targeted leaves packed 2:4.
+    """
     # Flattening drops the None entries of a mask tree: only pruned leaves are listed.
     mask_of = {} if masks is None else {
         path_str(p): m for p, m in jax.tree_util.tree_flatten_with_path(masks)[0]}

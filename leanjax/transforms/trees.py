@@ -23,9 +23,15 @@ __all__ = ["combine", "merge", "partition", "trainable", "weight_bytes"]
 def trainable(params: Any, *, freeze_plain: bool = False) -> Any:
     """A pytree of bools with the structure of `params`: True where an optimizer should train.
 
-    Adapters (LoRA `a`, `b`, DoRA magnitude) and fake-quantized weights are trainable; bases, codes and
-    scales are not. Plain float arrays are trainable unless `freeze_plain`; other leaves (integer
-    arrays, the functions an Equinox module holds) never are.
+    Adapters (LoRA `a`, `b`, DoRA magnitude) and fake-quantized weights are trainable; bases, codes and scales
+    are not. Other leaves (integer arrays, the functions an Equinox module holds) never are.
+
+    Args:
+      params: a params tree, typed weights allowed.
+      freeze_plain: freeze the plain float arrays too (biases, norms, a classifier head).
+
+    Returns:
+      The mask `leanjax.step.make_train_step(..., trainable=mask)` takes.
     """
 
     def one(x):
@@ -38,10 +44,24 @@ def trainable(params: Any, *, freeze_plain: bool = False) -> Any:
 
 
 def merge(params: Any) -> Any:
-    """Every typed weight replaced by the plain array it stands for (LoRA merged, codes dequantized)."""
+    """Every typed weight replaced by the plain array it stands for.
+
+    Args:
+      params: a params tree with typed weights.
+
+    Returns:
+      The same tree with plain arrays only (LoRA merged, codes dequantized).
+    """
     return jax.tree.map(lambda x: dense_compiled(x) if is_typed(x) else x, params, is_leaf=is_typed)
 
 
 def weight_bytes(params: Any) -> int:
-    """Bytes the params take as stored: int4/NF4 codes are half a byte each, scales and adapters count."""
+    """Bytes the params take as stored.
+
+    Args:
+      params: a params tree, typed weights allowed.
+
+    Returns:
+      The bytes: int4/NF4 codes count half a byte each; scales and adapters count.
+    """
     return sum(leaf.size * jnp.dtype(leaf.dtype).itemsize for leaf in jax.tree.leaves(params))

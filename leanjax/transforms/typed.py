@@ -37,16 +37,37 @@ def apply(fn: F) -> F:
     """`fn` made to understand typed weights: call it as `apply(fn)(params, *args)`.
 
     This is `quax.quaxify`; jit, grad and vmap compose around it as usual (put `jax.jit` outside).
+
+    Args:
+      fn: any function of arrays, e.g. `apply_fn(params, *inputs)` or a loss.
+
+    Returns:
+      `fn` taking typed weights (LoRA, Int8, NF4, W8A8...) wherever it took arrays.
     """
     return quax.quaxify(fn)
 
 
 def is_typed(x: Any) -> bool:
+    """Whether a leaf is a typed weight.
+
+    Args:
+      x: a params leaf.
+
+    Returns:
+      True for a `TypedWeight` (LoRA, quantized, masked...), False for a plain array or anything else.
+    """
     return isinstance(x, TypedWeight)
 
 
 def dense(x: Any) -> Any:
-    """The full array a typed weight stands for; a plain array is returned unchanged."""
+    """The full array a typed weight stands for.
+
+    Args:
+      x: a typed weight, or a plain array.
+
+    Returns:
+      The materialised array (LoRA merged, quantized values dequantized); a plain array unchanged.
+    """
     return x.materialise() if isinstance(x, quax.Value) else x
 
 

@@ -69,9 +69,16 @@ class W8A8(TypedWeight):
 def serve_int8(params: Any, targets: Targets, *, axis: int = -2) -> Any:
     """The targeted weights of `params` wrapped as `W8A8`, for integer matmuls at serving time.
 
-    A targeted float leaf is first quantized to per-channel `Int8` (absmax over `axis`, the input axis
-    of an `[in, out]` kernel); a targeted `Int8` or `Int4` leaf keeps its codes and scales. NF4 codes
-    are not integers and raise.
+    A targeted float leaf is first quantized to per-channel `Int8` (absmax over `axis`); a targeted `Int8` or
+    `Int4` leaf keeps its codes and scales. NF4 codes are not integers and raise.
+
+    Args:
+      params: a params tree.
+      targets: a regex on '/'-joined paths, or `fn(path, leaf) -> bool`.
+      axis: the scales' axis for float leaves (-2: the input axis of an `[in, out]` kernel).
+
+    Returns:
+      `params` whose targeted leaves multiply as int8 x int8 -> int32, activations quantized per row.
     """
 
     def one(path: str, leaf):
