@@ -206,12 +206,28 @@ def audit_compiled(
 ) -> Audit:
     """Compiles `fn(*args, **kwargs)` ahead of time and audits the program.
 
-    `fn` may be a plain function (jitted here with `static_argnums`/`donate_argnums`), an already
-    jitted function, or a `jax.stages.Compiled` (then `args` are its dynamic arguments).
-    `model_flops` is the analytic cost of one step over all devices (see `leanjax.audit.flops`).
-    With `iters > 0` the step is timed (the caller's donated arrays are copied, not consumed) and,
-    unless `peak` is given, the device's matmul peak is measured in this run in the dtype the
-    program multiplies in (`measure_peak=False` falls back to the published peak, if any).
+    With `iters > 0` the step is timed (the caller's donated arrays are copied, not consumed) and, unless
+    `peak` is given, the device's matmul peak is measured in this run in the dtype the program multiplies in.
+
+    Args:
+      fn: a plain function (jitted here), an already jitted function, or a `jax.stages.Compiled` (then
+        `args` are its dynamic arguments).
+      *args: its arguments (arrays or `jax.ShapeDtypeStruct`s when `iters=0`).
+      name: the audit's name in tables.
+      static_argnums: for a plain `fn`, as `jax.jit`'s.
+      static_argnames: likewise.
+      donate_argnums: likewise.
+      model_flops: the analytic cost of one step over all devices (see `leanjax.audit.flops`), for MFU.
+      iters: timed calls (0: compile only, no timing).
+      warmup: untimed calls first.
+      peak: the peak to divide by (a `Peak` or FLOP/s); default measured in this run.
+      measure_peak: False falls back to the published peak, if any.
+      peak_sizes: matrix sizes of the peak measurement (`measure_peak_flops`).
+      **kwargs: `fn`'s keyword arguments.
+
+    Returns:
+      An `Audit`: FLOPs (loop trip counts included), bytes, memory, kernels, collectives, timing, MFU/HFU;
+      `.priced(...)` adds dollars.
     """
     compiled, runner, compile_s = _compile(fn, args, kwargs, static_argnums, static_argnames, donate_argnums)
     cost = compiled.cost_analysis() or {}

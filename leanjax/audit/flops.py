@@ -20,12 +20,30 @@ from jax.extend import core as jex_core
 
 
 def dense_flops(n_params: float, examples: float, *, train: bool = True) -> float:
-    """FLOPs of `examples` items (tokens, images...) through matmul weights with `n_params` entries."""
+    """FLOPs of items (tokens, images...) through matmul weights.
+
+    Args:
+      n_params: the matmul weights' entries.
+      examples: items through them.
+      train: a training step (forward + backward: 6 FLOPs per weight per item) rather than a forward (2).
+
+    Returns:
+      FLOPs.
+    """
     return (6.0 if train else 2.0) * n_params * examples
 
 
 def mlp_flops(layer_sizes: Sequence[int], examples: float, *, train: bool = True) -> float:
-    """A dense MLP with widths `layer_sizes` (input first), biases and activations not counted."""
+    """A dense MLP's FLOPs (biases and activations not counted).
+
+    Args:
+      layer_sizes: widths, input first.
+      examples: items through it.
+      train: a training step (forward + backward: 6 FLOPs per weight per item) rather than a forward (2).
+
+    Returns:
+      FLOPs.
+    """
     weights = sum(a * b for a, b in zip(layer_sizes[:-1], layer_sizes[1:]))
     return dense_flops(weights, examples, train=train)
 
@@ -39,11 +57,19 @@ def transformer_flops(
     tokens: float,
     train: bool = True,
 ) -> float:
-    """A Transformer over `tokens` tokens in sequences of `seq_len`.
+    """A Transformer over `tokens` tokens in sequences of `seq_len` (weights plus attention scores).
 
-    `n_params` are the weights that multiply activations per token: every layer's projections and
-    the output head, not an input embedding table that is only gathered from (unless it is tied to
-    the head). `d_model` is heads x head width.
+    Args:
+      n_params: the weights that multiply activations per token: every layer's projections and the output
+        head, not an input embedding table that is only gathered from (unless it is tied to the head).
+      n_layers: layers (for the attention term).
+      d_model: heads x head width.
+      seq_len: tokens attended to.
+      tokens: tokens processed.
+      train: a training step (forward + backward: 6 FLOPs per weight per item) rather than a forward (2).
+
+    Returns:
+      FLOPs (PaLM's convention).
     """
     attention = 4.0 * n_layers * seq_len * d_model * tokens
     return dense_flops(n_params, tokens, train=train) + (3.0 if train else 1.0) * attention
@@ -53,7 +79,21 @@ def conv2d_flops(
     out_height: int, out_width: int, kernel: tuple[int, int], in_channels: int, out_channels: int,
     examples: float, *, groups: int = 1, train: bool = True,
 ) -> float:
-    """A 2-D convolution layer: every output position multiplies a kernel window, padding included."""
+    """A 2-D convolution layer: every output position multiplies a kernel window, padding included.
+
+    Args:
+      out_height: output rows.
+      out_width: output columns.
+      kernel: `(height, width)`.
+      in_channels: input channels.
+      out_channels: output channels.
+      examples: images.
+      groups: feature groups (depthwise: `in_channels`).
+      train: a training step (forward + backward: 6 FLOPs per weight per item) rather than a forward (2).
+
+    Returns:
+      FLOPs.
+    """
     per_example = out_height * out_width * math.prod(kernel) * in_channels // groups * out_channels
     return (6.0 if train else 2.0) * per_example * examples
 
@@ -102,7 +142,15 @@ def _jaxpr_flops(jaxpr) -> float:
 def jaxpr_flops(fn: Callable, *args, **kwargs) -> float:
     """Matmul and convolution FLOPs of `fn(*args, **kwargs)` as traced (nothing is compiled).
 
-    Count the forward function and use `3 *` it for a training step: differentiating `fn` and
-    counting the result would also count what the backward pass recomputes under remat.
+    Count the forward function and use `3 *` it for a training step: differentiating `fn` and counting the
+    result would also count what the backward pass recomputes under remat.
+
+    Args:
+      fn: the function.
+      *args: its arguments (arrays or `jax.ShapeDtypeStruct`s).
+      **kwargs: its keyword arguments.
+
+    Returns:
+      FLOPs (scan bodies times their trip counts).
     """
     return _jaxpr_flops(jax.make_jaxpr(fn)(*args, **kwargs).jaxpr)

@@ -54,7 +54,14 @@ PEAKS: dict[str, dict[str, float]] = {
 
 
 def device_family(device_kind: str) -> str | None:
-    """The family key ("tpu-v5e", "h100-sxm", "cpu", ...) of a device kind, or None if unknown."""
+    """The family of a device kind.
+
+    Args:
+      device_kind: `jax.Device.device_kind`, e.g. "TPU v5 lite", "NVIDIA H100 80GB HBM3", "cpu".
+
+    Returns:
+      The family key ("tpu-v5e", "h100-sxm", "cpu", ...), or None if unknown.
+    """
     kind = device_kind.strip().lower()
     return next((family for pattern, family in _FAMILIES if re.search(pattern, kind)), None)
 
@@ -72,7 +79,15 @@ class Peak:
 
 
 def published_peak(device_kind: str, dtype: str = "bfloat16") -> Peak:
-    """The published dense peak of one chip. Raises `UnknownDevice` rather than guessing."""
+    """The published dense peak of one chip. Raises `UnknownDevice` rather than guessing.
+
+    Args:
+      device_kind: `jax.Device.device_kind`.
+      dtype: the multiply dtype ("bfloat16", "int8").
+
+    Returns:
+      A `Peak` (FLOP/s and its source).
+    """
     family = device_family(device_kind)
     dtype = jnp.dtype(dtype).name
     table = PEAKS.get(family or "", {})
@@ -86,7 +101,16 @@ def published_peak(device_kind: str, dtype: str = "bfloat16") -> Peak:
 
 
 def peak_flops(device_kind: str, dtype: str = "bfloat16", *, measured: Peak | float | None = None) -> Peak:
-    """The peak to divide by: `measured` when given, else the published one (or `UnknownDevice`)."""
+    """The peak to divide by: `measured` when given, else the published one (or `UnknownDevice`).
+
+    Args:
+      device_kind: `jax.Device.device_kind`.
+      dtype: the multiply dtype.
+      measured: a measured `Peak` or FLOP/s.
+
+    Returns:
+      A `Peak`.
+    """
     if measured is not None:
         return measured if isinstance(measured, Peak) else Peak(float(measured), "given")
     return published_peak(device_kind, dtype)
@@ -107,9 +131,19 @@ def measure_peak_flops(
 ) -> Peak:
     """Measures one device's matmul throughput: the best over `sizes` of square `n x n` products.
 
-    Each timed call runs `chain` dependent products in one program, so the launch and the wait for
-    the result are spread over several products. This is the denominator MFU uses: the same device,
-    dtype, process and XLA build as the step it is compared with.
+    Each timed call runs `chain` dependent products in one program, so the launch and the wait for the
+    result are spread over several products. This is the denominator MFU uses: the same device, dtype,
+    process and XLA build as the step it is compared with.
+
+    Args:
+      dtype: the multiply dtype (integer types accumulate in int32).
+      sizes: matrix sizes tried; default by platform.
+      chain: dependent products per timed call.
+      iters: timed calls per size (the fastest counts).
+      device: default the first device.
+
+    Returns:
+      A `Peak` naming the size and device it was measured on.
     """
     device = device or jax.devices()[0]
     sizes = tuple(sizes or _default_sizes(device.platform))
@@ -137,7 +171,16 @@ def measure_peak_flops(
 
 
 def utilization(flops_per_step: float, step_time_s: float, peak: Peak) -> float:
-    """Fraction of `peak` achieved by `flops_per_step` (per device) done in `step_time_s`."""
+    """Fraction of a peak achieved.
+
+    Args:
+      flops_per_step: FLOPs per device per step.
+      step_time_s: seconds per step.
+      peak: the device's `Peak`.
+
+    Returns:
+      `flops_per_step / step_time_s / peak`.
+    """
     return flops_per_step / step_time_s / peak.flops_per_s
 
 
@@ -153,6 +196,17 @@ def mfu(
     """Model FLOPs utilisation: analytic FLOPs of a whole step over `n_devices`, per device peak.
 
     Raises `UnknownDevice` for a device kind without a published peak unless `measured` is given.
+
+    Args:
+      model_flops_per_step: analytic FLOPs of one step over all devices.
+      step_time_s: seconds per step.
+      device_kind: `jax.Device.device_kind`.
+      n_devices: devices the step runs on.
+      dtype: the multiply dtype of the published peak.
+      measured: a measured `Peak` or FLOP/s, used instead of the published one.
+
+    Returns:
+      The utilisation, a fraction.
     """
     peak = peak_flops(device_kind, dtype, measured=measured)
     return utilization(model_flops_per_step / n_devices, step_time_s, peak)

@@ -595,7 +595,15 @@ def _collective_kind(module: Module, ins: Instruction) -> str | None:
 
 
 def analyze(text_or_module: str | Module) -> HloAnalysis:
-    """Analyses an optimized HLO module (the text of `Compiled.as_text()`)."""
+    """Analyses an optimized HLO module (the text of `Compiled.as_text()`).
+
+    Args:
+      text_or_module: the HLO text, or a module already parsed.
+
+    Returns:
+      An `HloAnalysis`: FLOPs and bytes (while-loop bodies times their trip counts), fusions and kernels,
+      collectives, loops.
+    """
     module = parse_module(text_or_module) if isinstance(text_or_module, str) else text_or_module
     an = _Analyzer(module)
     once, expanded = an.cost(module.entry, False), an.cost(module.entry, True)

@@ -119,7 +119,19 @@ def dollars_per_run(
     *,
     host_cores: int | None = None,
 ) -> float:
-    """USD for `steps` steps of `step_time_s` on `n_devices` devices of `device_kind`."""
+    """USD for a training run.
+
+    Args:
+      step_time_s: seconds per step.
+      steps: steps in the run.
+      device_kind: `jax.Device.device_kind`.
+      n_devices: devices the step runs on.
+      prices: the price table; default the shipped one.
+      host_cores: for CPUs (billed per core): the cores used; default all of the host's.
+
+    Returns:
+      USD.
+    """
     prices = prices or PriceTable.load()
     return prices.usd_per_hour(device_kind, n_devices, host_cores) * step_time_s * steps / 3600.0
 
@@ -137,6 +149,17 @@ def dollars_per_1k_requests(
 
     For a latency-bound server pass the batch it actually runs (1 for one request at a time); the
     throughput is then `requests_per_step / step_time_s` requests per second.
+
+    Args:
+      step_time_s: seconds per serving step.
+      requests_per_step: requests one step answers.
+      device_kind: `jax.Device.device_kind`.
+      n_devices: devices the step runs on.
+      prices: the price table; default the shipped one.
+      host_cores: for CPUs (billed per core): the cores used; default all of the host's.
+
+    Returns:
+      USD per 1000 requests.
     """
     if requests_per_step < 1:
         raise ValueError(f"requests_per_step must be >= 1, got {requests_per_step}")

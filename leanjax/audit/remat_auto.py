@@ -168,9 +168,20 @@ def choose_remat(build_step: StepBuilder, policies: Sequence[str], budget_bytes:
     """The `auto` policy: compile every policy, drop those over `budget_bytes`, time the rest, pick.
 
     Without `batch_sizes` every policy runs at the builder's batch (`build_step(policy, None)`) and the
-    fastest step wins. With `batch_sizes`, each policy runs at the largest listed batch that fits and
-    the highest throughput wins. `timing=False` ranks by compiled FLOPs instead (nothing runs, so the
-    builder may return abstract arguments). Raises `NoPolicyFits` when nothing fits.
+    fastest step wins. With `batch_sizes`, each policy runs at the largest listed batch that fits and the
+    highest throughput wins. Raises `NoPolicyFits` when nothing fits.
+
+    Args:
+      build_step: `build_step(policy, batch) -> (jitted step, args)`.
+      policies: remat policy names (`leanjax.models.remat`).
+      budget_bytes: the compiled peak allowed.
+      batch_sizes: batches to try per policy; None: the builder's own.
+      timing: False ranks by compiled FLOPs instead (nothing runs, so the builder may return abstract
+        arguments).
+      rounds: timed rounds, policies interleaved (`leanjax.audit.timing.time_interleaved`).
+
+    Returns:
+      A `Choice`: the policy, its batch, the table of every candidate and the reason.
     """
     _check_policies(policies)
     if budget_bytes <= 0:
@@ -196,9 +207,20 @@ def max_batch(build_step: StepBuilder, policy: str, budget_bytes: int, *, start:
               multiple_of: int = 1) -> BatchFit:
     """The largest batch (a multiple of `multiple_of`, at most `limit`) whose compiled step fits.
 
-    Doubles from `start` until the peak exceeds the budget (or halves, if `start` does not fit), then
-    bisects between the last batch that fits and the first that does not. Compiles about
-    log2(limit / multiple_of) programs; runs none.
+    Doubles from `start` until the peak exceeds the budget (or halves, if `start` does not fit), then bisects
+    between the last batch that fits and the first that does not. Compiles about log2(limit / multiple_of)
+    programs; runs none.
+
+    Args:
+      build_step: `build_step(policy, batch) -> (jitted step, args)`.
+      policy: the remat policy.
+      budget_bytes: the compiled peak allowed.
+      start: the first batch tried.
+      limit: the largest batch tried.
+      multiple_of: batches tried are multiples of this.
+
+    Returns:
+      A `BatchFit`: the batch, its peak, and every (batch, peak) compiled.
     """
     validate_policy_name(policy)
     if not 0 < multiple_of <= start <= limit:

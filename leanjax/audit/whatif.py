@@ -43,7 +43,15 @@ class WhatIf:
 
 
 def what_if(name: str, build: Callable[[], Audit]) -> WhatIf:
-    """Runs `build` (transform the step, then `audit_compiled` it); `Unavailable` becomes a row."""
+    """One what-if row: runs `build` (transform the step, then `audit_compiled` it).
+
+    Args:
+      name: the row's name.
+      build: `() -> Audit`; raising `Unavailable` gives a row that says why.
+
+    Returns:
+      A `WhatIf` holding the audit or the reason.
+    """
     try:
         return WhatIf(name, build())
     except Unavailable as why:
@@ -51,7 +59,16 @@ def what_if(name: str, build: Callable[[], Audit]) -> WhatIf:
 
 
 def what_if_table(baseline: Audit, rows: Sequence[WhatIf]) -> str:
-    """Peak memory, FLOPs, step time and dollars of each row, and their ratios to `baseline`."""
+    """A text table of what-if rows against a baseline.
+
+    Args:
+      baseline: the unchanged step's audit.
+      rows: the `WhatIf` rows.
+
+    Returns:
+      Peak memory, FLOPs, step time and dollars of each row, and their ratios to `baseline`; unavailable
+      rows listed with their reasons.
+    """
 
     def cost(a: Audit) -> float | None:
         if a.dollars is None:
