@@ -82,10 +82,27 @@ def fit(state: Any, train_step: Callable, train_iter: Iterator, *, num_steps: in
         eval_fn: Callable[[Any], dict] | None = None, eval_every: int = 0, checkpoint_every: int = 0,
         keep_checkpoints: int = 3, log_every: int = 50, progress: bool = True,
         on_eval: Callable[[int, dict], bool | None] | None = None, desc: str = "train") -> FitResult:
-    """Train `state` to `num_steps` total steps.
+    """Train `state` to `num_steps` total steps, resuming from the newest checkpoint in `workdir`.
 
-    `train_iter` yields batches and has grain's `get_state()`/`set_state()`. `eval_fn(params) -> dict`
-    runs every `eval_every` steps and at the end; `on_eval(step, metrics)` returning True stops early.
+    Args:
+      state: the initial `TrainState` (its structure is what a checkpoint must match).
+      train_step: `train_step(state, batch) -> (state, metrics)`, jitted (it is compiled ahead of time and
+        timed on its own).
+      train_iter: yields batches and has grain's `get_state()` / `set_state()` (the data position saved).
+      num_steps: the total steps (a resumed run trains the rest).
+      workdir: checkpoints, `metrics.jsonl`, TensorBoard events and `fit_stats.json` go here.
+      eval_fn: `eval_fn(params) -> dict`, run every `eval_every` steps and at the end.
+      eval_every: 0: at the end only.
+      checkpoint_every: 0: at the end only (and on SIGTERM or an early stop).
+      keep_checkpoints: the newest checkpoints kept.
+      log_every: steps per logged row (the metrics are fetched from the device then).
+      progress: show a progress line.
+      on_eval: `on_eval(step, metrics)`; returning True stops early.
+      desc: the run's name in messages.
+
+    Returns:
+      A `FitResult`: the final state, the log's rows, the step it resumed from, steps/s, compile seconds,
+      whether SIGTERM stopped it, and the last evaluation.
     """
     os.makedirs(workdir, exist_ok=True)
     ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), keep=keep_checkpoints)

@@ -12,7 +12,17 @@ from leanjax.train.writers import read_jsonl
 
 def plot_curves(workdir: str | os.PathLike, keys: Sequence[str] | None = None,
                 filename: str = "curves.png", title: str | None = None) -> str | None:
-    """One panel per metric (train and eval rows alike), x = step. Returns the PNG path, or None if empty."""
+    """One panel per metric of the JSONL log (train and eval rows alike), x = step.
+
+    Args:
+      workdir: the run's directory (its `metrics.jsonl`).
+      keys: the metrics to plot; default every numeric one.
+      filename: the PNG's name in `workdir`.
+      title: a title over the figure.
+
+    Returns:
+      The PNG's path, or None when there is nothing to plot.
+    """
     import matplotlib
 
     matplotlib.use("Agg")

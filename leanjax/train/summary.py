@@ -53,6 +53,21 @@ def _plain(v: Any) -> Any:
 
 def write_summary(workdir: str | os.PathLike, *, experiment: str, config: Any, metrics: Mapping,
                   headline: Mapping, wall_s: float, filename: str = "summary.json") -> str:
+    """Writes the experiment contract's summary: `{"experiment", "config", "device", "versions", "wall_s",
+    "metrics", "headline"}`.
+
+    Args:
+      workdir: where it goes.
+      experiment: the experiment's name.
+      config: its config (a ConfigDict or anything JSON-able).
+      metrics: every figure the run reports.
+      headline: the figures its issue names, flat dotted keys.
+      wall_s: the run's wall time.
+      filename: "summary.json", or e.g. "summary.audit.json" for a side job.
+
+    Returns:
+      The file's path.
+    """
     summary = {"experiment": experiment, "config": _plain(config), "device": device_description(),
                "versions": versions(), "wall_s": round(float(wall_s), 3), "metrics": _plain(metrics),
                "headline": _plain(headline)}

@@ -25,6 +25,14 @@ def _jsonable(v: Any) -> Any:
 
 
 def read_jsonl(path: str | os.PathLike) -> list[dict]:
+    """The rows of a JSONL file.
+
+    Args:
+      path: e.g. a run's `metrics.jsonl`.
+
+    Returns:
+      One dict per line; [] when the file does not exist.
+    """
     if not os.path.exists(path):
         return []
     with open(path) as f:
