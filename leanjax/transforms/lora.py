@@ -96,7 +96,7 @@ class LoRA(TypedWeight):
 
     def _subscripts(self) -> tuple[str, str, str, str]:
         """Einsum letters of the S, I and O axes and of the whole weight ('r' is the rank)."""
-        letters = (c for c in string.ascii_letters if c not in "rn")
+        letters = (c for c in string.ascii_letters if c not in "rnq")
         s = "".join(next(letters) for _ in range(self.n_stack))
         w = [next(letters) for _ in self.axes]
         i = "".join(c for c, kind in zip(w, self.axes) if kind == "i")
@@ -122,6 +122,19 @@ class LoRA(TypedWeight):
     def column_ratio(self, merged: jax.Array) -> jax.Array:
         """DoRA's `m / ||V||_c` (shape S + O), the norm held constant for the gradient."""
         return self.magnitude / lax.stop_gradient(self.column_norm(merged)).astype(self.magnitude.dtype)
+
+    def merged_column_norm(self) -> jax.Array:
+        """`||W0 + s A B||_c` without building `A B`, held constant (DoRA's norm, paper Sec. 4.3):
+        `||W0||_c^2 + 2 s (B * (A^T W0))_c + s^2 (B * (A^T A) B)_c`. Costs one pass over `W0` and an
+        `[r, out]` matmul, where `dense(W0) + delta()` would build (and hold) a second full-size weight."""
+        s_, i, o, w = self._subscripts()
+        base = lax.stop_gradient(dense(self.base)).astype(jnp.float32)
+        a, b = (lax.stop_gradient(x).astype(jnp.float32) for x in (self.a, self.b))
+        sq = jnp.einsum(f"{w},{w}->{s_}{o}", base, base)
+        cross = jnp.einsum(f"{s_}r{o},{s_}r{o}->{s_}{o}", b, jnp.einsum(f"{s_}{i}r,{w}->{s_}r{o}", a, base))
+        gram = jnp.einsum(f"{s_}{i}r,{s_}{i}q->{s_}rq", a, a)
+        low = jnp.einsum(f"{s_}r{o},{s_}rq,{s_}q{o}->{s_}{o}", b, gram, b)
+        return jnp.sqrt(jnp.maximum(sq + 2 * self.scale * cross + self.scale ** 2 * low, 0))
 
     def materialise(self):
         merged = dense(self.base) + self.delta().astype(self.dtype)
@@ -406,7 +419,7 @@ def _dot(x: jax.Array, w: LoRA, side: int, dims, params):
     out = base_out + (w.scale * low).astype(base_out.dtype)
     if w.magnitude is None:
         return out
-    ratio = w.column_ratio(dense(w.base) + w.delta().astype(w.dtype))
+    ratio = w.magnitude / w.merged_column_norm().astype(w.magnitude.dtype)
     so = "".join(s_l + o_l)
     return jnp.einsum(f"{''.join(out_l)},{so}->{''.join(out_l)}", out, ratio.astype(out.dtype))
 
