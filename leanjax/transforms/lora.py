@@ -126,14 +126,17 @@ class LoRA(TypedWeight):
     def merged_column_norm(self) -> jax.Array:
         """`||W0 + s A B||_c` without building `A B`, held constant (DoRA's norm, paper Sec. 4.3):
         `||W0||_c^2 + 2 s (B * (A^T W0))_c + s^2 (B * (A^T A) B)_c`. Costs one pass over `W0` and an
-        `[r, out]` matmul, where `dense(W0) + delta()` would build (and hold) a second full-size weight."""
+        `[r, out]` matmul, where `dense(W0) + delta()` would build (and hold) a second full-size weight.
+        Reductions are sums of products, not einsums: XLA on CPU lowers an einsum that contracts nothing
+        to a slow batched matmul."""
         s_, i, o, w = self._subscripts()
+        ns = self.n_stack
         base = lax.stop_gradient(dense(self.base)).astype(jnp.float32)
         a, b = (lax.stop_gradient(x).astype(jnp.float32) for x in (self.a, self.b))
-        sq = jnp.einsum(f"{w},{w}->{s_}{o}", base, base)
-        cross = jnp.einsum(f"{s_}r{o},{s_}r{o}->{s_}{o}", b, jnp.einsum(f"{s_}{i}r,{w}->{s_}r{o}", a, base))
+        sq = jnp.sum(base * base, axis=tuple(ns + k for k, kind in enumerate(self.axes) if kind == "i"))
+        cross = jnp.sum(b * jnp.einsum(f"{s_}{i}r,{w}->{s_}r{o}", a, base), axis=ns)
         gram = jnp.einsum(f"{s_}{i}r,{s_}{i}q->{s_}rq", a, a)
-        low = jnp.einsum(f"{s_}r{o},{s_}rq,{s_}q{o}->{s_}{o}", b, gram, b)
+        low = jnp.sum(b * jnp.einsum(f"{s_}rq,{s_}q{o}->{s_}r{o}", gram, b), axis=ns)
         return jnp.sqrt(jnp.maximum(sq + 2 * self.scale * cross + self.scale ** 2 * low, 0))
 
     def materialise(self):
@@ -420,8 +423,16 @@ def _dot(x: jax.Array, w: LoRA, side: int, dims, params):
     if w.magnitude is None:
         return out
     ratio = w.magnitude / w.merged_column_norm().astype(w.magnitude.dtype)
-    so = "".join(s_l + o_l)
-    return jnp.einsum(f"{''.join(out_l)},{so}->{''.join(out_l)}", out, ratio.astype(out.dtype))
+    return out * _broadcast(ratio.astype(out.dtype), s_l + o_l, out_l)
+
+
+def _broadcast(x: jax.Array, x_l: list[str], out_l: list[str]) -> jax.Array:
+    """`x` (axes named `x_l`) transposed and reshaped to broadcast against an array with axes `out_l`:
+    a plain multiply, where an einsum that contracts nothing lowers to a batched matmul."""
+    order = sorted(range(len(x_l)), key=lambda d: out_l.index(x_l[d]))
+    x = jnp.transpose(x, order)
+    sizes = dict(zip([x_l[d] for d in order], x.shape))
+    return x.reshape([sizes.get(c, 1) for c in out_l])
 
 
 @quax.register(lax.dot_general_p)
