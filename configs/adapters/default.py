@@ -11,6 +11,10 @@ experiments/adapters/README.md. Tiny: every headline key, timing ratios not mean
 
 import ml_collections
 
+from configs import common
+
+CHOICES = {"base": ("nf4", "float")}
+
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
@@ -36,6 +40,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         c.seq_len = 8
         c.rounds = 2
         c.train_batch_size = 4
-    elif arg not in (None, "", "default"):
-        raise ValueError(f"unknown config variant {arg!r}: use 'tiny' or nothing")
+    else:
+        common.check_variant(arg, "tiny")
     return c

@@ -25,7 +25,7 @@ from flax import nnx
 
 from leanjax import transforms as T
 from leanjax.audit.compiled import Memory
-from leanjax.audit.remat_auto import time_interleaved
+from leanjax.audit.timing import time_interleaved
 from leanjax.experiments import _launch
 from leanjax.models import Transformer, TransformerConfig, functional
 from leanjax.models.transformer import mean_pool
@@ -43,8 +43,6 @@ def _base(config):
     if config.base == "nf4":
         params = T.quantize(params, config.targets, bits=4, scheme="nf4", group_size=config.group_size,
                             layout=T.stacked_io)
-    elif config.base != "float":
-        raise _launch.ConfigError(f"config.base must be 'nf4' or 'float', got {config.base!r}")
     return apply_fn, params
 
 
@@ -113,11 +111,11 @@ def run(config, workdir):
     tokens = jax.random.randint(key, (config.batch_size, config.seq_len), 0, config.model.vocab_size)
     serving, one_adapter = _serving(config, apply_fn, base, tokens)
     peaks = {n: Memory.of(c).peak for n, (c, _) in serving.items()}
-    times = time_interleaved(serving, rounds=config.rounds)
+    times = time_interleaved(serving, repeats=config.rounds)
 
     train_tokens = tokens[:config.train_batch_size]
     training = _training(config, apply_fn, base, train_tokens)
-    step_times = time_interleaved(training, rounds=config.rounds)
+    step_times = time_interleaved(training, repeats=config.rounds)
 
     rows = []
     for n in config.num_adapters:

@@ -39,8 +39,8 @@ from jaxtyping import ArrayLike
 from leanjax.transforms.layout import Layout
 from leanjax.transforms.layout import resolve as resolve_layout
 from leanjax.transforms.select import Targets, select
-from leanjax.trees import path_str
 from leanjax.transforms.typed import TypedWeight, dense, dense_compiled, frozen, is_typed
+from leanjax.trees import path_str
 
 VARIANTS = ("lora", "rslora", "dora")
 
