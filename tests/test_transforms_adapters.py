@@ -32,8 +32,7 @@ def _scanned(p, x):
     return jax.lax.scan(lambda h, w: (jnp.tanh(h @ w), None), x, p["w"])[0]
 
 
-@pytest.mark.parametrize("shape,fn", [((8, 8), _mlp), ((3, 8, 8), _scanned)])
-@pytest.mark.parametrize("quantized", [False, True])
+@pytest.mark.parametrize("shape,fn,quantized", [((8, 8), _mlp, False), ((3, 8, 8), _scanned, True)])
 def test_each_request_gets_its_adapter(shape, fn, quantized):
     params = {"w": jax.random.normal(KEY, shape) / 3}
     if quantized:

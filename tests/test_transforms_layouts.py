@@ -33,13 +33,12 @@ def test_3d_kernel_without_layout_is_an_error_naming_shape_and_choices():
         T.lora(p, "query", rank=2, key=KEY, layout="iii")
 
 
-@pytest.mark.parametrize("layout,shape,eq,x_shape", [
-    ("ioo", (16, 2, 4), "bi,ihd->bhd", (3, 16)),     # lm1b / DenseGeneral q,k,v
-    ("oio", (2, 16, 4), "bi,hid->bhd", (3, 16)),     # Gemma q einsum kernel
-    ("iio", (2, 4, 16), "bhd,hdo->bo", (3, 2, 4)),   # attention output projection
-    ("sio", (3, 16, 8), "bi,lio->lbo", (3, 16)),     # scanned layers: one adapter per layer
+@pytest.mark.parametrize("layout,shape,eq,x_shape,variant", [
+    ("ioo", (16, 2, 4), "bi,ihd->bhd", (3, 16), "lora"),     # lm1b / DenseGeneral q,k,v
+    ("oio", (2, 16, 4), "bi,hid->bhd", (3, 16), "dora"),     # Gemma q einsum kernel
+    ("iio", (2, 4, 16), "bhd,hdo->bo", (3, 2, 4), "dora"),   # attention output projection
+    ("sio", (3, 16, 8), "bi,lio->lbo", (3, 16), "lora"),     # scanned layers: one adapter per layer
 ])
-@pytest.mark.parametrize("variant", ["lora", "dora"])
 def test_multi_axis_layouts_are_peft_adapters_over_flattened_axes(layout, shape, eq, x_shape, variant):
     p = {"w": jax.random.normal(KEY, shape)}
     lp = _trained(T.lora(p, "w", rank=2, key=KEY, layout=layout, variant=variant))
