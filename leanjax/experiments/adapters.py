@@ -21,6 +21,7 @@ from pathlib import Path
 
 import jax
 import jax.numpy as jnp
+import optax
 from flax import nnx
 
 from leanjax import transforms as T
@@ -103,6 +104,26 @@ def _training(config, apply_fn, base, tokens):
         args = (train, frozen, tokens)
         programs[variant] = (jax.jit(step).lower(*args).compile(), args)
     return programs
+
+
+def build(config):
+    """What `--audit` compiles: the adapters-only LoRA train step, and serving the largest N adapters."""
+    apply_fn, base = _base(config)
+    tokens = jax.random.randint(jax.random.key(config.seed), (config.batch_size, config.seq_len), 0,
+                                config.model.vocab_size)
+    params = _adapter(base, config, 0)
+    n = max(config.num_adapters)
+    many = T.stack_adapters([_adapter(base, config, seed) for seed in range(n)])
+
+    def loss(p, batch, rng):
+        return jnp.mean(apply_fn(p, batch["input_ids"]).astype(jnp.float32) ** 2), {}
+
+    def serve(p, batch):
+        return mean_pool(apply_fn(T.with_adapter_ids(p, batch["adapter_ids"]), batch["input_ids"]))
+
+    return dict(params=params, loss=loss, metrics=serve, serve_params=many, tx=optax.sgd(1e-3), num_steps=1,
+                trainable=T.trainable(params, freeze_plain=True), train_batch={"input_ids": tokens},
+                serve_batch={"input_ids": tokens, "adapter_ids": jnp.arange(config.batch_size) % n})
 
 
 def run(config, workdir):
