@@ -53,7 +53,7 @@ def test_peft_names_shapes_and_config(tmp_path, variant):
 
 
 def test_peft_stacked_layers_need_and_use_a_module_name(tmp_path):
-    lp = _trained(T.lora(_params(), r"stack/kernel", rank=2, key=KEY))
+    lp = _trained(T.lora(_params(), r"stack/kernel", rank=2, key=KEY, layout="sio"))
     with pytest.raises(ValueError, match="module_name"):
         T.export_peft(lp, str(tmp_path))
     written = T.export_peft(lp, str(tmp_path), module_name=lambda path, i: f"encoder.layer.{i[0]}.dense")

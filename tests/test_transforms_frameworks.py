@@ -23,7 +23,7 @@ KEY = jax.random.key(0)
 
 def _qlora(params, kernels, adapted, **quant):
     q = T.quantize(params, kernels, bits=4, scheme="nf4", **quant)
-    return T.lora(q, adapted, rank=2, key=jax.random.key(1))
+    return T.lora(q, adapted, rank=2, key=jax.random.key(1), layout=T.stacked_io)
 
 
 def _trained(params):

@@ -145,11 +145,30 @@ def test_no_target_lists_paths():
 
 def test_predicate_targets_and_axis_split():
     p = {"qkv": jnp.ones((8, 2, 4)), "out": jnp.ones((2, 4, 8))}
-    lp = T.lora(p, lambda path, leaf: path == "qkv", rank=2, key=KEY, out_axes=2)
+    lp = T.lora(p, lambda path, leaf: path == "qkv", rank=2, key=KEY, layout="ioo")
     assert lp["qkv"].a.shape == (8, 2) and lp["qkv"].b.shape == (2, 2, 4)
-    lp = T.lora(p, "out", rank=2, key=KEY, in_axes=2)
+    lp = T.lora(p, "out", rank=2, key=KEY, layout="iio")
     assert lp["out"].a.shape == (2, 4, 2) and lp["out"].b.shape == (2, 8)
     f = lambda p, x: jnp.einsum("bhd,hdo->bo", x, p["out"])  # noqa: E731
     lp = _random_b(lp)
     x = jax.random.normal(KEY, (3, 2, 4))
     np.testing.assert_allclose(T.apply(f)(lp, x), f(T.merge(lp), x), rtol=1e-5, atol=1e-5)
+
+
+def test_dropout_rng_set_inside_apply_takes_effect():
+    """The docstring says: call with_dropout_rng inside the loss. Inside `apply` it used to do nothing."""
+    lp = _random_b(T.lora(_params(), r"dense/kernel", rank=4, dropout=0.5, key=KEY))
+    x = jax.random.normal(KEY, (64, 12))
+
+    def loss(p, x, rng):
+        return _layer(T.with_dropout_rng(p, rng), x)
+
+    plain = T.apply(_layer)(lp, x)
+    inside = jax.jit(T.apply(loss))(lp, x, jax.random.key(5))
+    outside = T.apply(_layer)(T.with_dropout_rng(lp, jax.random.key(5)), x)
+    assert not np.allclose(inside, plain)
+    np.testing.assert_allclose(inside, outside, rtol=1e-5, atol=1e-5)  # same keys either way
+    # and gradients flow through it with the dropout applied
+    grads = T.grad(lambda p, x: jnp.sum(loss(p, x, jax.random.key(5)) ** 2))(lp, x)
+    ref = T.grad(lambda p, x: jnp.sum(_layer(p, x) ** 2))(T.with_dropout_rng(lp, jax.random.key(5)), x)
+    np.testing.assert_allclose(grads["dense"]["kernel"].a, ref["dense"]["kernel"].a, rtol=1e-4, atol=1e-5)

@@ -245,3 +245,19 @@ def test_two_keys_for_one_param(tiny_checkpoint, tmp_path):
     files = _corrupt(directory, tmp_path, edit)
     with pytest.raises(WeightsMismatchError, match=r"targets embeddings/norm/bias \(already filled by"):
         load_into(_abstract(), files, BERT)
+
+
+def test_a_pickle_renamed_safetensors_is_reported_as_a_pickle(tmp_path):
+    """Before: "unreadable safetensors file (truncated or corrupt?) ... header too large"."""
+    bomb = _Bomb()
+    bomb.marker = tmp_path / "unpickled"
+    (tmp_path / "model.safetensors").write_bytes(pickle.dumps(bomb))
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "bert"}))
+    for source in (tmp_path, tmp_path / "model.safetensors"):
+        with pytest.raises(PickleRefusedError, match=r"model.safetensors: refusing to load a pickle \(its first"):
+            load_pretrained(source)
+    # torch.save's default zip container (a pickle inside) is told apart the same way.
+    (tmp_path / "model.safetensors").write_bytes(b"PK\x03\x04" + bytes(60))
+    with pytest.raises(PickleRefusedError, match="pickle"):
+        load_pretrained(tmp_path)
+    assert not bomb.marker.exists()

@@ -71,7 +71,8 @@ def audit_serve(subject: Subject, name: str, params: Any = None, **audit_kw) -> 
 
 def _lora_params(subject: Subject, rank: int, base: Any = None) -> Any:
     key = jax.random.key(subject.seed)
-    return transforms.lora(subject.params if base is None else base, subject.targets, rank=rank, key=key)
+    return transforms.lora(subject.params if base is None else base, subject.targets, rank=rank, key=key,
+                           layout=transforms.stacked_io)
 
 
 def _group_size(subject: Subject, group: int) -> int | None:

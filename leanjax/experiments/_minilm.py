@@ -125,7 +125,8 @@ def arm_params(params, arm: str, *, rank: int, alpha: float, group_size: int, se
         params = transforms.quantize(params, ENCODER_KERNELS, bits=4, scheme="nf4", group_size=group_size)
         # The embeddings are half of MiniLM: frozen f32 they would dominate QLoRA's memory.
         params = transforms.quantize(params, EMBEDDINGS, bits=4, scheme="nf4", group_size=group_size, axis=-1)
-    params = transforms.lora(params, ENCODER_KERNELS, rank=rank, alpha=alpha, key=jax.random.key(seed))
+    params = transforms.lora(params, ENCODER_KERNELS, rank=rank, alpha=alpha, key=jax.random.key(seed),
+                             layout=transforms.stacked_io)
     mask = transforms.trainable(params, freeze_plain=True)
     mask["classifier"] = jax.tree.map(lambda _: True, mask["classifier"])
     return params, mask

@@ -5,14 +5,20 @@ quantization, as replacements of params leaves that any `fn(params, *args)` runs
     params = lora(params, r".*attention/(query|value)/kernel", rank=8, key=key)     # adapters on it
     mask = trainable(params)                                                         # adapters only
     loss = apply(loss_fn)(params, batch)                                             # any function
+    loss, grads = value_and_grad(loss_fn)(params, batch)                             # adapters' grads
+
+Kernels of 3 or more axes need `layout=` ('sio' stacked layers, 'ioo' per-head attention, 'oi' for
+Equinox/PyTorch `[out, in]`...; see `leanjax.transforms.layout`). docs/transforms.md has worked examples.
 
 They nest (LoRA over a quantized base is QLoRA), dequantize one layer at a time next to each matmul, and
 warn once, naming the operation, when an operation has no rule and a full weight must be built.
 """
 
 from leanjax.transforms import remat_rule  # noqa: F401  (registers the quax rule for jax.checkpoint)
-from leanjax.transforms.export import export_merged, export_peft, requantize
-from leanjax.transforms.lora import LoRA, lora, unmerge, with_dropout_rng
+from leanjax.transforms.export import export_merged, export_peft, load_peft, requantize
+from leanjax.transforms.grad import grad, value_and_grad
+from leanjax.transforms.layout import LayoutError, stacked_io
+from leanjax.transforms.lora import LoRA, lora, stack_adapters, unmerge, with_adapter_ids, with_dropout_rng
 from leanjax.transforms.quant import (
     NF4,
     FakeQuant,
@@ -30,10 +36,11 @@ from leanjax.transforms.typed import TypedWeight, apply, dense, is_typed
 from leanjax.transforms.w8a8 import W8A8, serve_int8
 
 __all__ = [
-    "NF4", "FakeQuant", "Int4", "Int8", "LoRA", "Quantized", "TypedWeight", "apply", "combine", "dense",
+    "NF4", "FakeQuant", "Int4", "Int8", "LoRA", "LayoutError", "Quantized", "TypedWeight", "apply", "combine", "dense",
     "dequantize", "encode", "export_merged", "export_peft", "fake_quantize", "is_typed", "leaves_with_paths",
     "lora", "merge", "partition", "quantize", "requantize", "trainable", "unmerge", "weight_bytes",
-    "with_dropout_rng", "W8A8", "serve_int8",
+    "with_dropout_rng", "W8A8", "serve_int8", "grad", "value_and_grad", "load_peft", "stack_adapters",
+    "with_adapter_ids", "stacked_io",
 ]
 
 # Pruning (masks, schedules, N:M), structured compaction, packed 2:4 weights, distillation losses.

@@ -30,6 +30,8 @@ import quax
 from jax import lax
 from jaxtyping import ArrayLike
 
+from leanjax.transforms.layout import Layout, quant_axis
+from leanjax.transforms.layout import resolve as resolve_layout
 from leanjax.transforms.lora import LoRA
 from leanjax.transforms.select import Targets, select
 from leanjax.transforms.typed import TypedWeight, dense, dense_compiled, frozen, warn_materialise
@@ -294,35 +296,44 @@ class FakeQuant(TypedWeight):
 
 
 def quantize(params: Any, targets: Targets, *, bits: int = 8, scheme: str = "int",
-             group_size: int | None = None, axis: int = -2, qat: bool = False) -> Any:
+             group_size: int | None = None, axis: int | None = None, layout: Layout = None,
+             qat: bool = False) -> Any:
     """Replace the targeted float leaves of `params` by quantized typed weights.
 
-    Scales are absmax over `axis` (default -2: the input axis of an `[in, out]` kernel, so one scale per
-    output channel), per group of `group_size` consecutive entries when given. For an embedding table
-    `[vocab, features]` pass `axis=-1` for one scale per row. A targeted LoRA weight has its base quantized
-    (QLoRA).
-
     Args:
-      params: a params tree.
+      params: any pytree of arrays; a targeted LoRA weight has its base quantized (QLoRA).
       targets: a regex matched (`re.fullmatch`) against '/'-joined paths, or `fn(path, leaf) -> bool`.
-      bits: 8 gives `Int8` (scheme 'int'); 4 gives `Int4` ('int') or `NF4` ('nf4').
-      scheme: 'int' or 'nf4'.
-      group_size: entries per scale along `axis`; None: one scale per channel.
-      axis: the axis the scales reduce over.
-      qat: give trainable `FakeQuant` weights (quantization-aware training) instead.
+      bits, scheme: `bits=8, scheme='int'` gives `Int8`; `bits=4` gives `Int4` (`scheme='int'`) or `NF4`
+        (`scheme='nf4'`).
+      group_size: scales are absmax per group of `group_size` consecutive entries along `axis`; None: one
+        scale per channel (the whole axis).
+      axis: the axis the groups run along. Default: the (last) input axis of `layout`, so one scale per
+        output channel; without a layout, -2 (the input axis of an `[in, out]` kernel). For an embedding
+        table `[vocab, features]` pass `axis=-1` for one scale per row.
+      layout: the weights' axes ('io', 'oi', 'sio', 'ioo', ... see `leanjax.transforms.layout`), or
+        `fn(path, leaf) -> layout`; LoRA weights carry their own.
+      qat: trainable `FakeQuant` weights instead (quantization-aware training).
 
     Returns:
-      `params` with the targeted leaves replaced.
+      `params` with the targeted leaves quantized.
     """
     def one(path: str, leaf):
         if isinstance(leaf, LoRA):
-            return leaf.replace_base(one(path, leaf.base))
+            return leaf.replace_base(quantize_one(path, leaf.base, leaf.layout))
         if isinstance(leaf, TypedWeight):
             raise TypeError(f"{path}: already a {type(leaf).__name__}; quantize the float weight")
+        return quantize_one(path, leaf, layout)
+
+    def quantize_one(path: str, leaf, layout):
+        if isinstance(leaf, TypedWeight):
+            raise TypeError(f"{path}: already a {type(leaf).__name__}; quantize the float weight")
+        axis_ = axis
+        if axis_ is None:
+            axis_ = -2 if layout is None else quant_axis(*resolve_layout(layout, path, leaf))
         if qat:
-            size, neg_axis = _validate(path, leaf, bits, scheme, group_size, axis)
+            size, neg_axis = _validate(path, leaf, bits, scheme, group_size, axis_)
             return FakeQuant(leaf, bits, scheme, size, neg_axis)
-        return encode(leaf, bits=bits, scheme=scheme, group_size=group_size, axis=axis, path=path)
+        return encode(leaf, bits=bits, scheme=scheme, group_size=group_size, axis=axis_, path=path)
 
     return select(params, targets, one)
 

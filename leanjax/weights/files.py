@@ -7,7 +7,8 @@ is done here, tensor by tensor, because `safetensors.numpy.save_file` needs ever
 once (a second full copy of the model).
 
 Only safetensors are read: PyTorch `.bin`/`.pt` files are pickles, which can run arbitrary code when
-loaded, so they are refused with an error rather than unpickled.
+loaded, so they are refused with an error rather than unpickled; a pickle renamed `.safetensors` is told
+apart by its first bytes (the pickle protocol marker, or torch.save's zip header) and refused as one.
 """
 
 from __future__ import annotations
@@ -38,22 +39,34 @@ class CheckpointFileError(ValueError):
     """A safetensors file is unreadable (truncated, corrupt) or a sharded index points nowhere."""
 
 
-def refuse_pickle(path: pathlib.Path) -> None:
+def refuse_pickle(path: pathlib.Path, *, renamed: bool = False) -> None:
+    what = f"a pickle (its first bytes say so, whatever its {path.suffix} name says)" if renamed else "a pickle"
     raise PickleRefusedError(
-        f"{path}: refusing to load a pickle checkpoint (unpickling runs arbitrary code). Convert it to "
+        f"{path}: refusing to load {what} checkpoint (unpickling runs arbitrary code). Convert it to "
         "safetensors first, e.g. transformers' model.save_pretrained(dir, safe_serialization=True).")
 
 
+def looks_like_pickle(path: pathlib.Path) -> bool:
+    """Whether the file starts as a pickle does (protocol 2-5: `0x80` then the protocol byte) or as
+    `torch.save`'s zip archive (`PK\\x03\\x04`, a pickle inside), whatever its name says."""
+    with open(path, "rb") as f:
+        head = f.read(4)
+    return (len(head) >= 2 and head[0] == 0x80 and 2 <= head[1] <= 5) or head == b"PK\x03\x04"
+
+
 def checkpoint_files(source: str | pathlib.Path) -> list[pathlib.Path]:
-    """The safetensors files of a checkpoint.
+    """The safetensors files of a checkpoint directory (sharded via the index file) or a single file.
 
-    Args:
-      source: a checkpoint directory (sharded via its index file, or one `model.safetensors`) or a single
-        .safetensors file.
-
-    Returns:
-      The files, in shard order.
+    A file whose first bytes are a pickle's is refused as a pickle whatever its name.
     """
+    files = _checkpoint_files(source)
+    for f in files:
+        if looks_like_pickle(f):
+            refuse_pickle(f, renamed=True)
+    return files
+
+
+def _checkpoint_files(source: str | pathlib.Path) -> list[pathlib.Path]:
     path = pathlib.Path(source)
     if path.is_file():
         if path.suffix in PICKLE_SUFFIXES:
@@ -81,6 +94,8 @@ def open_safetensors(path: pathlib.Path):
     """`safe_open(path, "numpy")`, with truncated or corrupt files reported by name."""
     from safetensors import SafetensorError, safe_open
 
+    if looks_like_pickle(path):
+        refuse_pickle(path, renamed=path.suffix not in PICKLE_SUFFIXES)
     try:
         handle = safe_open(str(path), framework="numpy")
     except SafetensorError as e:
