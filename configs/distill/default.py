@@ -13,13 +13,13 @@ is 5 train-step compilations, one per arm).
 
 import ml_collections
 
+from configs import common
+
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.seed = 0
-    c.teacher = ml_collections.ConfigDict(dict(
-        seed=0, num_layers=6, seq_len=48, batch_size=32, learning_rate=5e-5, num_steps=60, train_examples=4096,
-        eval_examples=512))
+    c.teacher = common.minilm_teacher()
     c.student_layers = 2
     c.student_vocab = 8192
     c.student_steps = 100
@@ -32,8 +32,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.throughput_batch = 64
     c.timing_rounds = 3
     if arg == "tiny":
-        c.teacher.update(dict(num_layers=1, seq_len=16, batch_size=8, num_steps=2, train_examples=64,
-                              eval_examples=32))
+        common.tiny_minilm_teacher(c.teacher, train_examples=64, eval_examples=32)
         c.student_layers = 1
         c.student_vocab = 512
         c.student_steps = 2
@@ -41,6 +40,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         c.eval_batch_size = 32
         c.throughput_batch = 16
         c.timing_rounds = 1
-    elif arg not in (None, "", "default"):
-        raise ValueError(f"unknown config variant {arg!r}: use 'tiny' or nothing")
+    else:
+        common.check_variant(arg, "tiny")
     return c
