@@ -11,6 +11,8 @@
 
 from __future__ import annotations
 
+import statistics
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -60,10 +62,12 @@ def arm_params(params: Any, arm: str, *, kernels: str, rank: int, alpha: float, 
         raise ValueError(f"unknown arm {arm!r}: use one of {ARMS}")
     if arm == "full":
         return params
-    params = transforms.lora(params, kernels, rank=rank, alpha=alpha, key=key)
+    # Adapters from the f32 kernels (so they stay f32), then the base cast, then quantized from the cast base
+    # (so NF4 scales, and what a matmul dequantizes to, are in `base_dtype`).
+    params = _cast_plain(transforms.lora(params, kernels, rank=rank, alpha=alpha, key=key), base_dtype)
     if arm.startswith("qlora"):
         params = transforms.quantize(params, kernels, bits=4, scheme="nf4", group_size=group_size)
-    return _cast_plain(params, base_dtype)
+    return params
 
 
 def trainable_mask(params: Any, arm: str) -> Any:
@@ -112,8 +116,21 @@ def compiled_peak(loss_fn: Callable, params: Any, mask: Any, tx: optax.GradientT
                   batch: Any) -> Memory:
     """Memory of the compiled train step (`make_train_step` over `transforms.apply(loss_fn)`, state donated),
     compiled from the shapes of `params` and `batch` only (abstract or concrete; nothing is run)."""
-    as_shape = lambda x: jax.ShapeDtypeStruct(np.shape(x), x.dtype)
+    def as_shape(x):
+        return jax.ShapeDtypeStruct(np.shape(x), x.dtype)
     params = jax.tree.map(as_shape, params)
     state = jax.eval_shape(lambda p: TrainState.create(p, tx, jax.random.key(0), trainable=mask), params)
     step = make_train_step(transforms.apply(loss_fn), tx, trainable=mask)
     return Memory.of(step.lower(state, jax.tree.map(as_shape, batch)).compile())
+
+
+def alternating_step_times(steps: dict, batch: Any, rounds: int) -> dict[str, float]:
+    """Median seconds per train step of each `(step, state)`, calls alternating between arms (first round warms up)."""
+    times = {arm: [] for arm in steps}
+    for _ in range(rounds + 1):
+        for arm, (step, state) in steps.items():
+            fresh = jax.block_until_ready(jax.tree.map(jnp.copy, state))  # the step donates its state
+            start = time.perf_counter()
+            jax.block_until_ready(step(fresh, batch))
+            times[arm].append(time.perf_counter() - start)
+    return {arm: statistics.median(t[1:]) for arm, t in times.items()}
