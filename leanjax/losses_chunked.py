@@ -21,16 +21,53 @@ import jax.numpy as jnp
 from jax import lax
 
 
-def _chunk_losses(hidden, embedding, targets, *, vocab_axis: int, soft_cap: float | None):
-    """Per-token `logsumexp(logits) - logits[target]` of one chunk `hidden [n, D]`, logits in f32."""
-    contract = 1 - vocab_axis  # the embedding's model-dimension axis
-    logits = lax.dot_general(hidden, embedding, (((1,), (contract,)), ((), ())),
-                             preferred_element_type=jnp.float32)
-    logits = logits.astype(jnp.float32)
-    if soft_cap is not None:
-        logits = soft_cap * jnp.tanh(logits / soft_cap)
-    target_logit = jnp.take_along_axis(logits, targets[:, None], axis=-1)[:, 0]
-    return jax.nn.logsumexp(logits, axis=-1) - target_logit
+def _block_logits(hidden, block, vocab_axis: int, soft_cap: float | None):
+    """f32 logits `[n, v]` of `hidden [n, D]` against one block of the output embedding."""
+    logits = lax.dot_general(hidden, block, (((1,), (1 - vocab_axis,)), ((), ())),
+                             preferred_element_type=jnp.float32).astype(jnp.float32)
+    return logits if soft_cap is None else soft_cap * jnp.tanh(logits / soft_cap)
+
+
+def _chunk_losses(hidden, embedding, targets, *, vocab_axis: int, soft_cap: float | None, vocab_block: int):
+    """Per-token `logsumexp(logits) - logits[target]` of one chunk `hidden [n, D]`, logits in f32.
+
+    With `vocab_block` < V the vocabulary is visited in blocks with a running (max, sum of exponentials),
+    each block's body checkpointed: no `[n, V]` array, and no full-table copy (XLA CPU upcasts a bf16 dot's
+    operands to f32: the whole table, without blocks).
+    """
+    vocab = jnp.shape(embedding)[vocab_axis]
+    if vocab_block >= vocab:
+        logits = _block_logits(hidden, embedding, vocab_axis, soft_cap)
+        target_logit = jnp.take_along_axis(logits, targets[:, None], axis=-1)[:, 0]
+        return jax.nn.logsumexp(logits, axis=-1) - target_logit
+
+    @jax.checkpoint
+    def body(carry, start):
+        running_max, running_sum, target_logit = carry
+        block = lax.dynamic_slice_in_dim(embedding, start, vocab_block, axis=vocab_axis)
+        logits = _block_logits(hidden, block, vocab_axis, soft_cap)
+        # The max only keeps exp() in range; logsumexp's value and gradient do not depend on it.
+        new_max = lax.stop_gradient(jnp.maximum(running_max, logits.max(-1)))
+        running_sum = running_sum * jnp.exp(running_max - new_max) + jnp.exp(logits - new_max[:, None]).sum(-1)
+        local = targets - start
+        inside = (local >= 0) & (local < vocab_block)
+        picked = jnp.take_along_axis(logits, jnp.clip(local, 0, vocab_block - 1)[:, None], axis=-1)[:, 0]
+        return (new_max, running_sum, target_logit + jnp.where(inside, picked, 0.0)), None
+
+    n = hidden.shape[0]
+    init = (jnp.full((n,), -jnp.inf, jnp.float32), jnp.zeros((n,), jnp.float32), jnp.zeros((n,), jnp.float32))
+    starts = jnp.arange(0, vocab, vocab_block, dtype=jnp.int32)
+    (running_max, running_sum, target_logit), _ = lax.scan(body, init, starts)
+    return running_max + jnp.log(running_sum) - target_logit
+
+
+def _vocab_block(vocab: int, requested: int) -> int:
+    """The largest divisor of `vocab` not above `requested` and at least `requested / 4` (blocks tile the
+    vocabulary exactly, so none needs padding), else the whole vocabulary."""
+    for size in range(min(requested, vocab), max(requested // 4, 1) - 1, -1):
+        if vocab % size == 0:
+            return size
+    return vocab
 
 
 def chunked_cross_entropy(
@@ -41,6 +78,7 @@ def chunked_cross_entropy(
     chunk_size: int = 1024,
     vocab_axis: int = 0,
     soft_cap: float | None = None,
+    vocab_block: int | None = 16384,
 ) -> jax.Array:
     """Per-token softmax cross-entropy of `hidden @ embedding` against `targets`, a chunk of tokens at a time.
 
@@ -57,6 +95,9 @@ def chunked_cross_entropy(
         padded up to a multiple of it (padding costs compute, not correctness).
       vocab_axis: which axis of `embedding` indexes the vocabulary (0 or 1).
       soft_cap: Gemma's final logit soft-cap `c` (`logits = c * tanh(logits / c)`), or None.
+      vocab_block: vocabulary entries per block inside a chunk (the largest divisor of V not above it; None or
+        >= V: one block). Blocks slice the embedding: pass None for a typed (e.g. quantized) embedding, which
+        a slice would materialise.
 
     Returns:
       f32 per-token losses with `targets`' shape (mask and average them with `losses.masked_mean`).
@@ -79,9 +120,12 @@ def chunked_cross_entropy(
     flat_hidden = jnp.pad(hidden.reshape(n, model_dim), ((0, pad), (0, 0)))
     flat_targets = jnp.pad(targets.reshape(n).astype(jnp.int32), (0, pad))
 
+    vocab = jnp.shape(embedding)[vocab_axis]
+    block = vocab if vocab_block is None else _vocab_block(vocab, vocab_block)
+
     @jax.checkpoint  # nothing saved: the backward pass recomputes this chunk's logits
     def one(h, t):
-        return _chunk_losses(h, embedding, t, vocab_axis=vocab_axis, soft_cap=soft_cap)
+        return _chunk_losses(h, embedding, t, vocab_axis=vocab_axis, soft_cap=soft_cap, vocab_block=block)
 
     def body(carry, xs):
         return carry, one(*xs)

@@ -28,12 +28,14 @@ def _plain(hidden, table, targets, mask, soft_cap=None):
     return losses.masked_mean(losses.cross_entropy(logits, targets), mask)
 
 
-@pytest.mark.parametrize("chunk_size,soft_cap", [(4, None), (5, 3.0), (1000, None)])
-def test_equal_to_plain_loss_and_gradient(chunk_size, soft_cap):
+@pytest.mark.parametrize("chunk_size,soft_cap,vocab_block", [(4, None, None), (5, 3.0, None), (1000, None, None),
+                                                             (4, None, 10), (3, 3.0, 25)])
+def test_equal_to_plain_loss_and_gradient(chunk_size, soft_cap, vocab_block):
     hidden, table, targets, mask = _inputs()
 
     def chunked(hidden, table):
-        per_token = chunked_cross_entropy(hidden, table, targets, chunk_size=chunk_size, soft_cap=soft_cap)
+        per_token = chunked_cross_entropy(hidden, table, targets, chunk_size=chunk_size, soft_cap=soft_cap,
+                                          vocab_block=vocab_block)
         return losses.masked_mean(per_token, mask)
 
     want, want_grads = jax.value_and_grad(_plain, argnums=(0, 1))(hidden, table, targets, mask, soft_cap)
@@ -45,7 +47,8 @@ def test_equal_to_plain_loss_and_gradient(chunk_size, soft_cap):
 def test_kernel_layout_and_bf16_hidden():
     hidden, table, targets, _ = _inputs(1)
     want = losses.cross_entropy(hidden.astype(jnp.bfloat16).astype(jnp.float32) @ table.T, targets)
-    got = chunked_cross_entropy(hidden.astype(jnp.bfloat16), table.T, targets, chunk_size=3, vocab_axis=1)
+    got = chunked_cross_entropy(hidden.astype(jnp.bfloat16), table.T, targets, chunk_size=3, vocab_axis=1,
+                                vocab_block=10)
     assert got.dtype == jnp.float32
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
 
@@ -60,7 +63,8 @@ def test_typed_output_embedding():
 
     def chunked(a, b, h):
         w = type(weight)(weight.base, a, b, alpha=weight.alpha)
-        per_token = transforms.apply(lambda w, h: chunked_cross_entropy(h, w, targets, chunk_size=4))(w, h)
+        per_token = transforms.apply(lambda w, h: chunked_cross_entropy(h, w, targets, chunk_size=4,
+                                                                         vocab_block=None))(w, h)
         return losses.masked_mean(per_token, mask)
 
     def plain(a, b, h):
@@ -72,6 +76,14 @@ def test_typed_output_embedding():
     want, want_grads = jax.value_and_grad(plain, argnums=(0, 1, 2))(*args)
     np.testing.assert_allclose(got, want, rtol=1e-5)
     chex.assert_trees_all_close(got_grads, want_grads, rtol=1e-4, atol=1e-6)
+
+
+def test_vocab_blocks_tile_the_vocabulary():
+    from leanjax.losses_chunked import _vocab_block
+
+    assert _vocab_block(128_256, 16384) == 16032
+    assert _vocab_block(1024, 16384) == 1024
+    assert _vocab_block(1009, 512) == 1009  # a prime: one block
 
 
 def test_never_builds_full_logits():

@@ -43,7 +43,7 @@ def _cast_plain(params: Any, dtype) -> Any:
 
 
 def arm_params(params: Any, arm: str, *, kernels: str, rank: int, alpha: float, group_size: int, key: jax.Array,
-               base_dtype=jnp.bfloat16) -> Any:
+               base_dtype=jnp.bfloat16, quantize_rows: str | None = None) -> Any:
     """The params of one arm (`ARMS`; `qlora_remat` has `qlora`'s params).
 
     Args:
@@ -54,6 +54,8 @@ def arm_params(params: Any, arm: str, *, kernels: str, rank: int, alpha: float, 
       group_size: NF4 block size.
       key: the adapters' init key.
       base_dtype: dtype of everything frozen and not quantized (embeddings, norms, LoRA's bases).
+      quantize_rows: regex of further leaves that QLoRA stores in NF4 with one scale group per row (an
+        input-embedding table that is only gathered from, e.g. an untied model's), or None.
 
     Returns:
       The arm's params; train them with `trainable_mask(params, arm)`.
@@ -67,6 +69,8 @@ def arm_params(params: Any, arm: str, *, kernels: str, rank: int, alpha: float, 
     params = _cast_plain(transforms.lora(params, kernels, rank=rank, alpha=alpha, key=key), base_dtype)
     if arm.startswith("qlora"):
         params = transforms.quantize(params, kernels, bits=4, scheme="nf4", group_size=group_size)
+        if quantize_rows:
+            params = transforms.quantize(params, quantize_rows, bits=4, scheme="nf4", group_size=group_size, axis=-1)
     return params
 
 
@@ -113,14 +117,15 @@ def abstract_batch(batch: int, seq_len: int) -> dict[str, jax.ShapeDtypeStruct]:
 
 
 def compiled_peak(loss_fn: Callable, params: Any, mask: Any, tx: optax.GradientTransformation,
-                  batch: Any) -> Memory:
-    """Memory of the compiled train step (`make_train_step` over `transforms.apply(loss_fn)`, state donated),
-    compiled from the shapes of `params` and `batch` only (abstract or concrete; nothing is run)."""
+                  batch: Any, *, micro_batches: int = 1) -> Memory:
+    """Memory of the compiled train step (`make_train_step` over `transforms.apply(loss_fn)`, state donated,
+    gradients accumulated over `micro_batches`), compiled from the shapes of `params` and `batch` only
+    (abstract or concrete; nothing is run)."""
     def as_shape(x):
         return jax.ShapeDtypeStruct(np.shape(x), x.dtype)
     params = jax.tree.map(as_shape, params)
     state = jax.eval_shape(lambda p: TrainState.create(p, tx, jax.random.key(0), trainable=mask), params)
-    step = make_train_step(transforms.apply(loss_fn), tx, trainable=mask)
+    step = make_train_step(transforms.apply(loss_fn), tx, trainable=mask, grad_accum_steps=micro_batches)
     return Memory.of(step.lower(state, jax.tree.map(as_shape, batch)).compile())
 
 

@@ -12,13 +12,16 @@ packed chats, loss on assistant tokens only (`leanjax.data.chat`).
   `weights`), on the shipped tweets chat example; step times alternate between arms (medians).
 - `peft_speed_ratio`: leanjax LoRA steps/s over HF PEFT's on the same tiny Llama config, PEFT in a
   subprocess of `peft_python` (`_peft_bench`); None, labelled, when that interpreter has no torch.
-- `packing_efficiency`, `generate_tokens_per_s`, `load_peak_ratio`, `max_logit_diff`: see `_llm_extras`.
+- `packing_efficiency`: real-token fraction of the packed rows. `generate_tokens_per_s`, `load_peak_ratio`,
+  `max_logit_diff` are part A's (generation, loading, reference fixtures): None, labelled, until it is merged.
+The decoder is `_llm_model`'s stand-in until `leanjax.models.decoder` (issue 16 part A) is merged.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import subprocess
 import time
@@ -26,15 +29,15 @@ from pathlib import Path
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 
-from leanjax import data
+from leanjax import data, transforms
 from leanjax.data import chat
 from leanjax.experiments import _launch, _llm, _llm_model
 from leanjax.state import TrainState
 from leanjax.step import make_train_step
 from leanjax.train import fit
-from leanjax import transforms
 
 EXAMPLE = Path(chat.__file__).parent / "chat_example"
 GIB = 2**30
@@ -54,25 +57,43 @@ def packed_data(config):
     return packed, tokenizer, stats
 
 
+def arm_setup(config, base: _llm_model.Config, arm: str):
+    """`(model config, arm_params kwargs, micro-batches)` of one arm on the `base` model."""
+    remat = {"lora": config.lora_remat_policy, "qlora_remat": config.remat_policy}.get(arm, "none")
+    model = dataclasses.replace(base, dtype="float32" if arm == "full" else config.compute_dtype, remat=remat)
+    kw = dict(kernels=_llm_model.KERNELS, rank=config.lora_rank, alpha=config.lora_alpha,
+              group_size=config.qlora_group_size, key=jax.random.key(config.seed + 1),
+              quantize_rows=None if base.tie_word_embeddings else "embed")
+    return model, kw, config.qlora_remat_micro_batches if arm == "qlora_remat" else 1
+
+
 def memory(config) -> dict[str, dict]:
-    """Compiled peaks (bytes) of every arm at the `model` preset, and QLoRA+remat at `memory_8b_model`."""
+    """Compiled peaks of every arm at the `model` preset, side rows, and QLoRA+remat at `memory_8b_model`."""
     tx = _launch.config_optimizer(config)
-    rows = {}
-    shapes = [(arm, config.model, config.memory_batch, config.memory_seq_len) for arm in _llm.ARMS]
-    shapes.append(("qlora_remat_8b", config.memory_8b_model, config.memory_8b_batch, config.memory_8b_seq_len))
-    for name, preset, batch, seq_len in shapes:
-        arm = name.removesuffix("_8b")
-        spec = _llm_model.arm_spec(_llm_model.preset(preset), arm, config)
-        params = jax.eval_shape(lambda p, s=spec: _llm.arm_params(p, s.arm, **s.arm_kw), spec.abstract_params)
+    big = (config.memory_batch, config.memory_seq_len)
+    rows = [(arm, config.model, arm, big, {}) for arm in _llm.ARMS]
+    if config.memory_side_rows:  # what the levers of the headline arms are worth
+        rows += [("lora_no_remat", config.model, "lora", big, {"lora_remat_policy": "none"}),
+                 ("qlora_remat_one_batch", config.model, "qlora_remat", big, {"qlora_remat_micro_batches": 1})]
+    rows.append(("qlora_remat_8b", config.memory_8b_model, "qlora_remat",
+                 (config.memory_8b_batch, config.memory_8b_seq_len),
+                 {"qlora_remat_micro_batches": math.gcd(config.qlora_remat_micro_batches, config.memory_8b_batch)}))
+    out = {}
+    for name, preset, arm, shape, overrides in rows:
+        arm_config = ml_collections.ConfigDict({**config.to_dict(), **overrides})
+        model, kw, micro = arm_setup(arm_config, _llm_model.preset(preset), arm)
+        params = jax.eval_shape(lambda m=model, a=arm, kw=kw: _llm.arm_params(
+            _llm_model.init_params(m, jax.random.key(0)), a, **kw))
         start = time.perf_counter()
-        mem = _llm.compiled_peak(spec.loss, params, _llm.trainable_mask(params, spec.arm), tx,
-                                 _llm.abstract_batch(batch, seq_len))
-        rows[name] = {"peak_bytes": mem.peak, "arguments": mem.arguments, "temporaries": mem.temporaries,
-                      "outputs": mem.outputs, "aliased": mem.aliased, "model": preset, "shape": [batch, seq_len],
-                      "params": sum(int(np.prod(x.shape)) for x in jax.tree.leaves(spec.abstract_params)),
-                      "compile_s": time.perf_counter() - start}
-        print(f"[llm_finetune] memory {name} ({preset}, {batch}x{seq_len}): {mem.peak / GIB:.2f} GiB", flush=True)
-    return rows
+        mem = _llm.compiled_peak(_llm_model.loss_fn(model, chunk_size=config.loss_chunk), params,
+                                 _llm.trainable_mask(params, arm), tx, _llm.abstract_batch(*shape),
+                                 micro_batches=micro)
+        out[name] = {"peak_bytes": mem.peak, "arguments": mem.arguments, "temporaries": mem.temporaries,
+                     "outputs": mem.outputs, "aliased": mem.aliased, "model": preset, "shape": list(shape),
+                     "remat": model.remat, "dtype": model.dtype, "micro_batches": micro,
+                     "compile_s": time.perf_counter() - start}
+        print(f"[llm_finetune] memory {name} ({preset}, {shape[0]}x{shape[1]}): {mem.peak / GIB:.2f} GiB", flush=True)
+    return out
 
 
 def peft_steps_per_s(config, spec) -> dict | None:
@@ -89,20 +110,51 @@ def peft_steps_per_s(config, spec) -> dict | None:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+def leanjax_lora_steps_per_s(config, model: _llm_model.Config) -> float:
+    """Steps/s of leanjax's LoRA step as PEFT runs it: f32, every projection adapted, unpacked random rows."""
+    model = dataclasses.replace(model, dtype="float32", remat="none")
+    params = _llm.arm_params(_llm_model.init_params(model, jax.random.key(config.seed)), "lora",
+                             kernels=_llm_model.KERNELS, rank=config.lora_rank, alpha=config.lora_alpha,
+                             group_size=config.qlora_group_size, key=jax.random.key(1), base_dtype=jnp.float32)
+    mask = _llm.trainable_mask(params, "lora")
+    tx = _launch.config_optimizer(config, learning_rate=config.lora_learning_rate)
+    state = TrainState.create(params, tx, jax.random.key(0), trainable=mask)
+    step = make_train_step(transforms.apply(_llm_model.loss_fn(model, chunk_size=config.loss_chunk)), tx,
+                           trainable=mask)
+    b, t = config.batch_size, config.seq_len
+    ids = np.random.default_rng(0).integers(0, model.vocab_size, (b, t + 1)).astype(np.int32)
+    batch = {"inputs": ids[:, :-1], "targets": ids[:, 1:], "loss_mask": np.ones((b, t), bool),
+             "positions": np.tile(np.arange(t, dtype=np.int32), (b, 1)), "segment_ids": np.ones((b, t), np.int32)}
+    seconds = _llm.alternating_step_times({"lora": (step, state)}, batch, config.peft_steps)["lora"]
+    return 1.0 / seconds
+
+
+def train_config(config, tokenizer) -> _llm_model.Config:
+    if config.weights:
+        raise _launch.ConfigError(
+            f"config.weights={config.weights!r}: loading Hugging Face checkpoints is leanjax.models.decoder's "
+            "(issue 16 part A), not merged on this branch yet; run without weights (random init)")
+    sizes = dict(config.train_model)
+    sizes["vocab_size"] = sizes.get("vocab_size") or tokenizer.tokenizer.get_vocab_size()
+    return _llm_model.sized(_llm_model.preset(config.model), **sizes)
+
+
 def run(config, workdir):
     packed, tokenizer, data_stats = packed_data(config)
+    base = train_config(config, tokenizer)
     peaks = memory(config)
-    model = _llm_model.train_model(config, vocab_size=tokenizer.tokenizer.get_vocab_size())
     source = data.ArraySource(packed.batch(slice(None)))
     results, steps, states = {}, {}, {}
+    init = _llm_model.init_params(base, jax.random.key(config.seed))
     for arm in _llm.ARMS:
-        spec = _llm_model.arm_spec(model, arm, config)
-        params = _llm.arm_params(model.params, arm, **spec.arm_kw)
+        model, kw, micro = arm_setup(config, base, arm)
+        params = _llm.arm_params(init, arm, **kw)
         mask = _llm.trainable_mask(params, arm)
         rate = config.learning_rate if arm == "full" else config.lora_learning_rate
         tx = _launch.config_optimizer(config, learning_rate=rate)
         state = TrainState.create(jax.tree.map(jnp.copy, params), tx, jax.random.key(config.seed), trainable=mask)
-        steps[arm] = make_train_step(transforms.apply(spec.loss), tx, trainable=mask)
+        steps[arm] = make_train_step(transforms.apply(_llm_model.loss_fn(model, chunk_size=config.loss_chunk)), tx,
+                                     trainable=mask, grad_accum_steps=micro)
         results[arm] = fit(state, steps[arm], data.batches(source, batch_size=config.batch_size, seed=config.seed),
                            num_steps=config.num_steps, workdir=os.path.join(workdir, arm), log_every=config.log_every,
                            progress=config.progress, desc=f"llm_finetune/{arm}")
@@ -113,31 +165,34 @@ def run(config, workdir):
     step_s = _llm.alternating_step_times({arm: (steps[arm], states[arm]) for arm in _llm.ARMS}, batch,
                                          config.timing_rounds)
     tokens = int((batch["segment_ids"] > 0).sum())
-    extras = _llm_model.extras(config, model, states["lora"].params, tokenizer, workdir)
-    peft = peft_steps_per_s(config, _llm_model.peft_spec(model, config))
-    peft_ratio = None if peft is None else (1.0 / step_s["lora"]) / peft["steps_per_s"]
+    peft = peft_steps_per_s(config, _llm_model.peft_spec(base, batch=config.batch_size, seq_len=config.seq_len,
+                                                         rank=config.lora_rank, alpha=config.lora_alpha,
+                                                         steps=config.peft_steps))
+    ours = leanjax_lora_steps_per_s(config, base) if peft is not None else None
     full = peaks["full"]["peak_bytes"]
+    missing = "not measured: needs issue 16 part A (leanjax.models.decoder, generate, loading), not merged here"
     headline = {
         "lora.memory_ratio": peaks["lora"]["peak_bytes"] / full,
         "qlora_remat.memory_ratio": peaks["qlora_remat"]["peak_bytes"] / full,
         "qlora_remat_8b.peak_gib": peaks["qlora_remat_8b"]["peak_bytes"] / GIB,
-        "load_peak_ratio": extras["load_peak_ratio"],
-        "max_logit_diff": extras["max_logit_diff"],
-        "generate_tokens_per_s": extras["generate_tokens_per_s"],
+        "load_peak_ratio": None, "max_logit_diff": None, "generate_tokens_per_s": None,
         "packing_efficiency": data_stats["packing_efficiency"],
-        "peft_speed_ratio": peft_ratio,
+        "peft_speed_ratio": None if peft is None else ours / peft["steps_per_s"],
     }
     metrics = {
         "init": "random" if not config.weights else f"weights: {config.weights}",
         "memory": peaks, "memory_ratio": {k: v["peak_bytes"] / full for k, v in peaks.items()},
-        "train_model": dataclasses.asdict(model.config) if dataclasses.is_dataclass(model.config) else str(model.config),
-        "step_time_s": step_s, "tokens_per_step": tokens,
+        "memory_gib": {k: v["peak_bytes"] / GIB for k, v in peaks.items()},
+        "train_model": dataclasses.asdict(base), "step_time_s": step_s, "tokens_per_step": tokens,
         "tokens_per_s": {arm: tokens / s for arm, s in step_s.items()},
         "final_loss": {arm: r.history[-1]["loss"] if r.history else None for arm, r in results.items()},
         "loss_curves": {arm: [[row["step"], row["loss"]] for row in r.history if "loss" in row]
                         for arm, r in results.items()},
-        "data": data_stats, "peft": peft if peft is not None else "skipped: no torch/peft at config.peft_python",
-        "extras": extras, "mfu": "not measured: no GPU lent",
+        "data": data_stats,
+        "peft": peft if peft is not None else f"skipped: no torch/peft at config.peft_python={config.peft_python!r}",
+        "peft_leanjax_steps_per_s": ours,
+        "not_measured": {"load_peak_ratio": missing, "max_logit_diff": missing, "generate_tokens_per_s": missing,
+                         "mfu": "not measured: no GPU lent"},
     }
     return metrics, headline
 
