@@ -24,7 +24,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.model = "llama-3.2-1b"        # family preset: the memory shape, and the family of the training model
     c.weights = ""                  # "" = random init; a directory with config.json + safetensors, or a hub id
     # The model that trains here: the preset with these sizes replaced (0 = keep the preset's).
-    c.train_model = ml_collections.ConfigDict({"hidden_size": 256, "intermediate_size": 688, "num_layers": 4,
+    c.train_model = ml_collections.ConfigDict({"hidden_size": 256, "intermediate_size": 704, "num_layers": 4,
                                                "num_heads": 4, "num_kv_heads": 2, "head_dim": 64, "vocab_size": 0})
     c.data = ""                     # a chat JSONL ("" = the shipped tweets example)
     c.tokenizer = ""                # a directory with tokenizer.json ("" = the shipped example's)
