@@ -17,6 +17,10 @@ chat example packed into rows of `seq_len`. Goals: `lora.memory_ratio` <= 0.40, 
 
 import ml_collections
 
+from configs import common
+
+CHOICES = {"compute_dtype": ("bfloat16", "float32")}
+
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
@@ -76,6 +80,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         c.peft_steps = 2
         c.log_every = 1
         c.progress = False
-    elif arg not in (None, "", "default"):
-        raise ValueError(f"unknown config variant {arg!r}: use 'tiny' or nothing")
+    else:
+        common.check_variant(arg, "tiny")
     return c

@@ -139,6 +139,15 @@ def train_config(config, tokenizer) -> _llm_model.Config:
     return _llm_model.sized(_llm_model.preset(config.model), **sizes)
 
 
+def build(config):
+    """The full fine-tune of the training model on the packed chats (what `--audit` compiles)."""
+    packed, tokenizer, _ = packed_data(config)
+    model, _, _ = arm_setup(config, train_config(config, tokenizer), "full")
+    return dict(params=_llm_model.init_params(model, jax.random.key(config.seed)),
+                loss=_llm_model.loss_fn(model, chunk_size=config.loss_chunk),
+                train=data.ArraySource(packed.batch(slice(None))))
+
+
 def run(config, workdir):
     packed, tokenizer, data_stats = packed_data(config)
     base = train_config(config, tokenizer)
