@@ -21,14 +21,12 @@ import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "scripts"))
-from make_chat_example import LLAMA3_TEMPLATE
-
 CHATML_TEMPLATE = (
     "{%- if messages[0]['role'] == 'system' %}\n"
     "    {{- '<|im_start|>system\\n' + messages[0]['content'] + '<|im_end|>\\n' }}\n"
     "{%- else %}\n"
-    "    {{- '<|im_start|>system\\nYou are Qwen, created by Alibaba Cloud. You are a helpful assistant.<|im_end|>\\n' }}\n"
+    "    {{- '<|im_start|>system\\nYou are Qwen, created by Alibaba Cloud. You are a helpful assistant."
+    "<|im_end|>\\n' }}\n"
     "{%- endif %}\n"
     "{%- for message in messages %}\n"
     "    {%- if (message.role == \"user\") or (message.role == \"system\" and not loop.first) or "
@@ -68,7 +66,7 @@ FEATURES_TEMPLATE = (
     "{% endfor %}\n"
     "{%- if add_generation_prompt %}<assistant n={{ ns.n + 1 }}>{% endif %}"
 )
-TEMPLATES = {"llama3": LLAMA3_TEMPLATE, "chatml": CHATML_TEMPLATE, "gemma": GEMMA_TEMPLATE,
+TEMPLATES = {"chatml": CHATML_TEMPLATE, "gemma": GEMMA_TEMPLATE,
              "generation": GENERATION_TEMPLATE, "features": FEATURES_TEMPLATE}
 SPECIAL = {"llama3": ("<|begin_of_text|>", "<|eot_id|>"), "chatml": ("<|im_start|>", "<|im_end|>"),
            "gemma": ("<bos>", "<eos>"), "generation": ("<|im_start|>", "<|im_end|>"),
@@ -93,6 +91,11 @@ def conversations():
 
 def main():
     from transformers import AutoTokenizer
+
+    sys.path.insert(0, str(ROOT / "scripts"))
+    from make_chat_example import LLAMA3_TEMPLATE
+
+    TEMPLATES["llama3"] = LLAMA3_TEMPLATE
 
     source = ROOT / "leanjax/data/chat_example"
     out = {"templates": {}, "special_tokens": {}, "conversations": conversations(), "renders": {}, "errors": {}}

@@ -34,6 +34,17 @@ def test_weights_without_the_loader_is_a_clear_error(tmp_path, capsys):
     assert "config.weights" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("override,message", [
+    ("--config.model=llama-9", "config.model='llama-9': use one of"),
+    ("--config.lora_remat_policy=names:bogus", "config.lora_remat_policy"),
+    ("--config.qlora_remat_micro_batches=3", "must divide"),
+])
+def test_bad_config_is_one_line(tmp_path, capsys, override, message):
+    argv = ["--config", "configs/llm_finetune/default.py:tiny", "--workdir", str(tmp_path), override]
+    assert _launch.main("llm_finetune", llm_finetune.run, argv) == 1
+    assert message in capsys.readouterr().err
+
+
 def test_unknown_preset_names_the_valid_ones():
     from leanjax.experiments import _llm_model
 

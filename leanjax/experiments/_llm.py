@@ -11,9 +11,13 @@
 
 from __future__ import annotations
 
+import json
+import os
 import statistics
+import subprocess
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import jax
@@ -139,3 +143,17 @@ def alternating_step_times(steps: dict, batch: Any, rounds: int) -> dict[str, fl
             jax.block_until_ready(step(fresh, batch))
             times[arm].append(time.perf_counter() - start)
     return {arm: statistics.median(t[1:]) for arm, t in times.items()}
+
+
+def peft_steps_per_s(python: str, spec: dict) -> dict | None:
+    """HF PEFT's LoRA step timed by `_peft_bench` on `spec` under the interpreter `python`: its JSON result, or
+    None when `python` is empty, missing, or lacks torch/transformers/peft."""
+    if not python or not os.path.exists(python):
+        return None
+    bench = Path(__file__).with_name("_peft_bench.py")
+    out = subprocess.run([python, str(bench), json.dumps(spec)], capture_output=True, text=True, timeout=900)
+    if out.returncode:
+        if "No module named" in out.stderr:
+            return None
+        raise RuntimeError(f"{bench} failed under {python}:\n{out.stderr[-2000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])

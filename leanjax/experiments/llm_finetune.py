@@ -20,10 +20,8 @@ The decoder is `_llm_model`'s stand-in until `leanjax.models.decoder` (issue 16 
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
-import subprocess
 import time
 from pathlib import Path
 
@@ -96,20 +94,6 @@ def memory(config) -> dict[str, dict]:
     return out
 
 
-def peft_steps_per_s(config, spec) -> dict | None:
-    """HF PEFT's LoRA steps/s on `spec` (a `_peft_bench` JSON), or None when `peft_python` lacks torch."""
-    python = config.peft_python
-    if not python or not os.path.exists(python):
-        return None
-    bench = Path(__file__).with_name("_peft_bench.py")
-    out = subprocess.run([python, str(bench), json.dumps(spec)], capture_output=True, text=True, timeout=900)
-    if out.returncode:
-        if "No module named" in out.stderr:
-            return None
-        raise RuntimeError(f"{bench} failed under {python}:\n{out.stderr[-2000:]}")
-    return json.loads(out.stdout.strip().splitlines()[-1])
-
-
 def leanjax_lora_steps_per_s(config, model: _llm_model.Config) -> float:
     """Steps/s of leanjax's LoRA step as PEFT runs it: f32, every projection adapted, unpacked random rows."""
     model = dataclasses.replace(model, dtype="float32", remat="none")
@@ -129,6 +113,23 @@ def leanjax_lora_steps_per_s(config, model: _llm_model.Config) -> float:
     return 1.0 / seconds
 
 
+def check(config) -> None:
+    """Bad presets and remat policies as one-line config errors, before anything is compiled."""
+    from leanjax.models.remat import validate_policy_name
+
+    for key in ("model", "memory_8b_model"):
+        if config[key] not in _llm_model.PRESETS:
+            raise _launch.ConfigError(f"config.{key}={config[key]!r}: use one of {sorted(_llm_model.PRESETS)}")
+    for key in ("remat_policy", "lora_remat_policy"):
+        try:
+            validate_policy_name(config[key])
+        except ValueError as e:
+            raise _launch.ConfigError(f"config.{key}: {e}") from None
+    if config.memory_batch % config.qlora_remat_micro_batches or config.batch_size % config.qlora_remat_micro_batches:
+        raise _launch.ConfigError(f"config.qlora_remat_micro_batches={config.qlora_remat_micro_batches} must divide "
+                                  f"memory_batch={config.memory_batch} and batch_size={config.batch_size}")
+
+
 def train_config(config, tokenizer) -> _llm_model.Config:
     if config.weights:
         raise _launch.ConfigError(
@@ -141,6 +142,7 @@ def train_config(config, tokenizer) -> _llm_model.Config:
 
 def build(config):
     """The full fine-tune of the training model on the packed chats (what `--audit` compiles)."""
+    check(config)
     packed, tokenizer, _ = packed_data(config)
     model, _, _ = arm_setup(config, train_config(config, tokenizer), "full")
     return dict(params=_llm_model.init_params(model, jax.random.key(config.seed)),
@@ -149,6 +151,7 @@ def build(config):
 
 
 def run(config, workdir):
+    check(config)
     packed, tokenizer, data_stats = packed_data(config)
     base = train_config(config, tokenizer)
     peaks = memory(config)
@@ -174,9 +177,9 @@ def run(config, workdir):
     step_s = _llm.alternating_step_times({arm: (steps[arm], states[arm]) for arm in _llm.ARMS}, batch,
                                          config.timing_rounds)
     tokens = int((batch["segment_ids"] > 0).sum())
-    peft = peft_steps_per_s(config, _llm_model.peft_spec(base, batch=config.batch_size, seq_len=config.seq_len,
-                                                         rank=config.lora_rank, alpha=config.lora_alpha,
-                                                         steps=config.peft_steps))
+    spec = _llm_model.peft_spec(base, batch=config.batch_size, seq_len=config.seq_len, rank=config.lora_rank,
+                                alpha=config.lora_alpha, steps=config.peft_steps)
+    peft = _llm.peft_steps_per_s(config.peft_python, spec)
     ours = leanjax_lora_steps_per_s(config, base) if peft is not None else None
     full = peaks["full"]["peak_bytes"]
     missing = "not measured: needs issue 16 part A (leanjax.models.decoder, generate, loading), not merged here"
