@@ -66,11 +66,16 @@ FEATURES_TEMPLATE = (
     "{% endfor %}\n"
     "{%- if add_generation_prompt %}<assistant n={{ ns.n + 1 }}>{% endif %}"
 )
-TEMPLATES = {"chatml": CHATML_TEMPLATE, "gemma": GEMMA_TEMPLATE,
+# transformers passes a message's reasoning as `reasoning_content` (and `thinking`) whatever its field name.
+REASONING_TEMPLATE = (
+    "{% for m in messages %}<{{ m.role }}>{% if m.reasoning_content %}[{{ m.reasoning_content }}]{% endif %}"
+    "{{ m.content }}{% endfor %}{% if add_generation_prompt %}<assistant>{% endif %}"
+)
+TEMPLATES = {"reasoning": REASONING_TEMPLATE, "chatml": CHATML_TEMPLATE, "gemma": GEMMA_TEMPLATE,
              "generation": GENERATION_TEMPLATE, "features": FEATURES_TEMPLATE}
 SPECIAL = {"llama3": ("<|begin_of_text|>", "<|eot_id|>"), "chatml": ("<|im_start|>", "<|im_end|>"),
            "gemma": ("<bos>", "<eos>"), "generation": ("<|im_start|>", "<|im_end|>"),
-           "features": ("<bos>", "<eos>")}
+           "features": ("<bos>", "<eos>"), "reasoning": ("<bos>", "<eos>")}
 
 
 def conversations():
@@ -86,6 +91,8 @@ def conversations():
                           {"role": "assistant", "content": r["response"]}])
     chats.append([{"role": "user", "content": "  spaces to trim, ünïcödé and <tags> & \"quotes\"  "},
                   {"role": "assistant", "content": " ok "}])
+    chats.append([{"role": "user", "content": "Think first."},
+                  {"role": "assistant", "content": "positive", "reasoning": "It praises the car.", "tool_calls": None}])
     return chats
 
 

@@ -143,6 +143,16 @@ def compile_chat_template(template: str):
     return env.from_string(template)
 
 
+_REASONING_FIELDS = ("reasoning_content", "thinking", "reasoning")
+
+
+def _alias_reasoning(message: dict) -> dict:
+    """A message's reasoning under every name templates read, as transformers passes it (`reasoning_content`
+    for most templates, `thinking` for gpt-oss)."""
+    reasoning = next((message[k] for k in _REASONING_FIELDS if message.get(k) is not None), None)
+    return message if reasoning is None else {"thinking": reasoning, **message, "reasoning_content": reasoning}
+
+
 def render_chat_template(template: str, messages: Sequence[dict], *, add_generation_prompt: bool = False,
                          return_spans: bool = False, **variables: Any):
     """`template` rendered on `messages` as `tokenizer.apply_chat_template(messages, tokenize=False)` does.
@@ -159,7 +169,7 @@ def render_chat_template(template: str, messages: Sequence[dict], *, add_generat
       The rendered text, or `(text, spans)` with `return_spans`.
     """
     compiled = compile_chat_template(template)
-    messages = [{k: v for k, v in m.items() if v is not None} for m in messages]
+    messages = [_alias_reasoning({k: v for k, v in m.items() if v is not None}) for m in messages]
     variables = {"tools": None, "documents": None, **variables}
     blocks, spans = [], []
     with compiled.environment.activate_tracker(blocks, spans):
