@@ -21,7 +21,8 @@ def test_tiny_end_to_end(tmp_path):
     assert 0 < head["lora.memory_ratio"] < 1 and 0 < head["qlora_remat.memory_ratio"] < head["lora.memory_ratio"]
     assert 0 < head["packing_efficiency"] <= 1
     assert metrics["data"]["packing_efficiency"] > metrics["data"]["padded_efficiency"]
-    for key in ("load_peak_ratio", "max_logit_diff", "generate_tokens_per_s"):
+    assert head["generate_tokens_per_s"] > 0
+    for key in ("load_peak_ratio", "max_logit_diff"):
         assert head[key] is None and "not measured" in metrics["not_measured"][key]
     assert head["peft_speed_ratio"] is None or head["peft_speed_ratio"] > 0
 

@@ -107,7 +107,9 @@ def _rope(x, positions, theta):
     return jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], -1).astype(x.dtype)
 
 
-def _layer(c: Config, p: dict, h, positions, mask):
+def _layer(c: Config, p: dict, h, positions, mask, cache=None):
+    """One block. With `cache = (k_cache, v_cache, start)` ([B, T_max, KV, hd] each) the new keys/values are
+    written at `start` and the queries attend over the cache; returns `(h, (k_cache, v_cache))` then."""
     dtype = h.dtype
     dense = lambda x, w: jnp.einsum("btd,df->btf", x, w.astype(dtype))  # noqa: E731
     b, t, _ = h.shape
@@ -122,21 +124,23 @@ def _layer(c: Config, p: dict, h, positions, mask):
         k = _rms_norm(k, p["k_norm"], c.norm_eps, c.norm_offset)
     q, k = _rope(q, positions, c.rope_theta), _rope(k, positions, c.rope_theta)
     q, k, v = (checkpoint_name(y, "attn_qkv") for y in (q, k, v))
+    if cache is not None:
+        k_cache, v_cache, start = cache
+        k = jax.lax.dynamic_update_slice_in_dim(k_cache, k.astype(k_cache.dtype), start, axis=1)
+        v = jax.lax.dynamic_update_slice_in_dim(v_cache, v.astype(v_cache.dtype), start, axis=1)
     context = jax.nn.dot_product_attention(q, k, v, mask=mask, scale=1.0 / math.sqrt(c.head_dim))
     h = h + checkpoint_name(dense(context.reshape(b, t, -1), p["o"]), "attn_out")
     x = _rms_norm(h, p["mlp_norm"], c.norm_eps, c.norm_offset)
     act = jax.nn.silu if c.activation == "silu" else lambda y: jax.nn.gelu(y, approximate=True)
     hidden = checkpoint_name(act(dense(x, p["gate"])) * dense(x, p["up"]), "mlp_hidden")
-    return checkpoint_name(h + dense(hidden, p["down"]), "block_out")
+    h = checkpoint_name(h + dense(hidden, p["down"]), "block_out")
+    return h if cache is None else (h, (k, v))
 
 
 def hidden_states(config: Config, params: dict, inputs, positions, segment_ids):
     """Final hidden states `[B, T, D]` (after the final norm) of packed rows: attention stays inside each
     document (`segment_mask`), positions restart per document."""
-    dtype = jnp.dtype(config.dtype)
-    h = jnp.take(params["embed"], inputs, axis=0).astype(dtype)
-    if config.embed_scale:
-        h = h * jnp.asarray(math.sqrt(config.hidden_size), dtype)
+    h = _embed(config, params, inputs)
     mask = segment_mask(segment_ids)
     layer = lambda p, h: _layer(config, p, h, positions, mask)  # noqa: E731
     policy = checkpoint_policy(config.remat)
@@ -144,6 +148,58 @@ def hidden_states(config: Config, params: dict, inputs, positions, segment_ids):
         layer = jax.checkpoint(layer, policy=policy, prevent_cse=False)
     h, _ = jax.lax.scan(lambda h, p: (layer(p, h), None), h, params["layers"])
     return _rms_norm(h, params["final_norm"], config.norm_eps, config.norm_offset)
+
+
+def _embed(config: Config, params: dict, inputs):
+    h = jnp.take(params["embed"], inputs, axis=0).astype(jnp.dtype(config.dtype))
+    return h * jnp.asarray(math.sqrt(config.hidden_size), h.dtype) if config.embed_scale else h
+
+
+def _last_logits(config: Config, params: dict, h):
+    embedding, vocab_axis = head(config, params)
+    h = _rms_norm(h[:, -1], params["final_norm"], config.norm_eps, config.norm_offset)
+    out = jnp.einsum("bd,vd->bv" if vocab_axis == 0 else "bd,dv->bv", h, embedding.astype(h.dtype),
+                     preferred_element_type=jnp.float32)
+    cap = config.final_logit_softcap
+    return out if cap is None else cap * jnp.tanh(out / cap)
+
+
+def generate_greedy(config: Config, params: dict, prompts, max_new_tokens: int):
+    """Greedy continuation of `prompts [B, P]` (no padding) with a KV cache: one prefill over the prompt, then
+    one jitted `lax.scan` of single-token decode steps. Returns the new tokens `[B, max_new_tokens]`.
+    (STAND-IN for part A's `leanjax.models.generate`: greedy only, equal-length prompts.)"""
+    b, prompt_len = prompts.shape
+    total = prompt_len + max_new_tokens
+    dtype = jnp.dtype(config.dtype)
+    shape = (config.num_layers, b, total, config.num_kv_heads, config.head_dim)
+    caches = (jnp.zeros(shape, dtype), jnp.zeros(shape, dtype))
+    slots = jnp.arange(total)
+
+    def run(h, positions, caches, start):
+        t = h.shape[1]
+        # Query i (at absolute position start + i) sees cache slots up to its own.
+        mask = (slots[None, :] <= (start + jnp.arange(t))[:, None])[None, None]
+
+        def body(h, xs):
+            p, k_cache, v_cache = xs
+            h, kv = _layer(config, p, h, positions, mask, (k_cache, v_cache, start))
+            return h, kv
+
+        return jax.lax.scan(body, h, (params["layers"], *caches))
+
+    positions = jnp.broadcast_to(jnp.arange(prompt_len), (b, prompt_len))
+    h, caches = run(_embed(config, params, prompts), positions, caches, 0)
+    first = jnp.argmax(_last_logits(config, params, h), -1).astype(jnp.int32)
+
+    def decode(carry, i):
+        token, caches = carry
+        start = prompt_len + i
+        h, caches = run(_embed(config, params, token[:, None]), jnp.full((b, 1), start), caches, start)
+        nxt = jnp.argmax(_last_logits(config, params, h), -1).astype(jnp.int32)
+        return (nxt, caches), token
+
+    (last, _), tokens = jax.lax.scan(decode, (first, caches), jnp.arange(max_new_tokens - 1))
+    return jnp.concatenate([tokens.T, last[:, None]], axis=1)
 
 
 def head(config: Config, params: dict) -> tuple[Any, int]:

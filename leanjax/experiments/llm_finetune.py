@@ -12,8 +12,9 @@ packed chats, loss on assistant tokens only (`leanjax.data.chat`).
   `weights`), on the shipped tweets chat example; step times alternate between arms (medians).
 - `peft_speed_ratio`: leanjax LoRA steps/s over HF PEFT's on the same tiny Llama config, PEFT in a
   subprocess of `peft_python` (`_peft_bench`); None, labelled, when that interpreter has no torch.
-- `packing_efficiency`: real-token fraction of the packed rows. `generate_tokens_per_s`, `load_peak_ratio`,
-  `max_logit_diff` are part A's (generation, loading, reference fixtures): None, labelled, until it is merged.
+- `packing_efficiency`: real-token fraction of the packed rows. `generate_tokens_per_s`: greedy decoding with a
+  KV cache (the stand-in's; part A's `generate` replaces it). `load_peak_ratio` and `max_logit_diff` are part
+  A's (loading, reference fixtures): None, labelled, until it is merged.
 The decoder is `_llm_model`'s stand-in until `leanjax.models.decoder` (issue 16 part A) is merged.
 """
 
@@ -113,6 +114,20 @@ def leanjax_lora_steps_per_s(config, model: _llm_model.Config) -> float:
     return 1.0 / seconds
 
 
+def generation_speed(config, model: _llm_model.Config, params, packed) -> dict:
+    """Greedy KV-cache generation tokens/s of the full fine-tune's final params (f32), second call timed."""
+    prompts = packed.inputs[:config.generate_batch, :config.generate_prompt_len]
+    generate = jax.jit(_llm_model.generate_greedy, static_argnums=(0, 3))
+    args = (dataclasses.replace(model, remat="none"), params, prompts, config.generate_tokens)
+    jax.block_until_ready(generate(*args))
+    start = time.perf_counter()
+    tokens = jax.block_until_ready(generate(*args))
+    seconds = time.perf_counter() - start
+    return {"tokens_per_s": tokens.size / seconds, "seconds": seconds, "batch": int(prompts.shape[0]),
+            "prompt_len": int(prompts.shape[1]), "new_tokens": config.generate_tokens, "dtype": model.dtype,
+            "decoder": "stand-in (_llm_model.generate_greedy: greedy, KV cache)"}
+
+
 def check(config) -> None:
     """Bad presets and remat policies as one-line config errors, before anything is compiled."""
     from leanjax.models.remat import validate_policy_name
@@ -181,13 +196,14 @@ def run(config, workdir):
                                 alpha=config.lora_alpha, steps=config.peft_steps)
     peft = _llm.peft_steps_per_s(config.peft_python, spec)
     ours = leanjax_lora_steps_per_s(config, base) if peft is not None else None
+    generation = generation_speed(config, arm_setup(config, base, "full")[0], states["full"].params, packed)
     full = peaks["full"]["peak_bytes"]
-    missing = "not measured: needs issue 16 part A (leanjax.models.decoder, generate, loading), not merged here"
+    missing = "not measured: needs issue 16 part A (leanjax.models.decoder loading, fixtures), not merged here"
     headline = {
         "lora.memory_ratio": peaks["lora"]["peak_bytes"] / full,
         "qlora_remat.memory_ratio": peaks["qlora_remat"]["peak_bytes"] / full,
         "qlora_remat_8b.peak_gib": peaks["qlora_remat_8b"]["peak_bytes"] / GIB,
-        "load_peak_ratio": None, "max_logit_diff": None, "generate_tokens_per_s": None,
+        "load_peak_ratio": None, "max_logit_diff": None, "generate_tokens_per_s": generation["tokens_per_s"],
         "packing_efficiency": data_stats["packing_efficiency"],
         "peft_speed_ratio": None if peft is None else ours / peft["steps_per_s"],
     }
@@ -203,8 +219,8 @@ def run(config, workdir):
         "data": data_stats,
         "peft": peft if peft is not None else f"skipped: no torch/peft at config.peft_python={config.peft_python!r}",
         "peft_leanjax_steps_per_s": ours,
-        "not_measured": {"load_peak_ratio": missing, "max_logit_diff": missing, "generate_tokens_per_s": missing,
-                         "mfu": "not measured: no GPU lent"},
+        "generation": generation,
+        "not_measured": {"load_peak_ratio": missing, "max_logit_diff": missing, "mfu": "not measured: no GPU lent"},
     }
     return metrics, headline
 
