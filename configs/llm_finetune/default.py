@@ -62,7 +62,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.generate_prompt_len = 32
     c.generate_tokens = 64
     c.peft_python = "/work/torchvenv/bin/python"  # an interpreter with torch + transformers + peft ("" = skip)
-    c.peft_steps = 5
+    c.peft_steps = 8
     c.log_every = 10
     c.progress = True
 
