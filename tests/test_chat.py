@@ -150,3 +150,23 @@ def test_shipped_example_packs_efficiently(tokenizer):
     packed = chat.pack(docs, seq_len=256)
     assert packed.efficiency > 0.9
     assert all(m[1:].any() for _, m in docs)  # every chat has assistant targets
+
+
+def test_load_chat_tokenizer_variants(tmp_path):
+    """chat_template.jinja wins over tokenizer_config.json; named templates pick 'default'; AddedToken dicts."""
+    import shutil
+
+    shutil.copy(EXAMPLE / "tokenizer.json", tmp_path)
+    config = {"chat_template": [{"name": "tool_use", "template": "T"}, {"name": "default", "template": "D{{ x }}"}],
+              "eos_token": {"content": "<eos>", "special": True}}
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps(config), encoding="utf-8")
+    tok = chat.load_chat_tokenizer(tmp_path)
+    assert tok.chat_template == "D{{ x }}" and tok.special_tokens == {"eos_token": "<eos>"}
+    assert tok.render([{"role": "user", "content": "a"}], x=1) == "D1"
+    (tmp_path / "chat_template.jinja").write_text("J{{ eos_token }}", encoding="utf-8")
+    assert chat.load_chat_tokenizer(tmp_path).render([{"role": "user", "content": "a"}]) == "J<eos>"
+    with pytest.raises(FileNotFoundError, match="no tokenizer.json"):
+        chat.load_chat_tokenizer(tmp_path / "missing")
+    no_template = chat.ChatTokenizer(tok.tokenizer)
+    with pytest.raises(ValueError, match="no chat template"):
+        no_template.encode_chat([{"role": "user", "content": "a"}])
