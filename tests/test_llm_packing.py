@@ -79,3 +79,19 @@ def test_kv_cache_greedy_equals_recomputing(family):
         seq = np.concatenate([seq, np.asarray(jnp.argmax(last, -1), np.int32)[:, None]], axis=1)
     np.testing.assert_array_equal(got, seq[:, 5:])
     assert len(np.unique(got)) > 2  # not a degenerate repetition
+
+
+def test_blockwise_attention_equals_one_call():
+    config = _llm_model.sized(_llm_model.preset("qwen3-0.6b"), **TINY)
+    params = _llm_model.init_params(config, jax.random.key(4))
+    rng = np.random.default_rng(2)
+    packed = chat.pack([(rng.integers(1, 64, n).astype(np.int32), np.ones(n, bool)) for n in (9, 6, 4)], 16)
+    args = (params, packed.inputs, packed.positions, packed.segment_ids)
+    blockwise = dataclasses.replace(config, attention_chunk=4)
+
+    def loss(config, params):
+        return _llm_model.logits(config, params, *args[1:]).sum()
+
+    np.testing.assert_allclose(_llm_model.logits(blockwise, *args), _llm_model.logits(config, *args), atol=1e-5)
+    grads = [jax.grad(loss, argnums=1)(c, params)["layers"]["q"] for c in (blockwise, config)]
+    np.testing.assert_allclose(grads[0], grads[1], atol=1e-5)

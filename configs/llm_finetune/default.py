@@ -54,6 +54,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.memory_side_rows = True
     c.compute_dtype = "bfloat16"    # activations of the adapter arms (full fine-tune: float32, the baseline)
     c.loss_chunk = 1024             # tokens per chunk of the vocabulary cross-entropy
+    c.attention_chunk = 0           # >0: blockwise checkpointed attention over this many queries (every arm)
     c.memory_batch = 4
     c.memory_seq_len = 1024
     c.memory_8b_model = "llama-3.1-8b"

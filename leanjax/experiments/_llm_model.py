@@ -48,6 +48,7 @@ class Config:
     final_logit_softcap: float | None = None  # Gemma 2
     remat: str = "none"
     dtype: str = "float32"         # activations
+    attention_chunk: int = 0       # queries per block of a checkpointed blockwise attention (0: one call)
 
 
 PRESETS = {
@@ -107,6 +108,27 @@ def _rope(x, positions, theta):
     return jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], -1).astype(x.dtype)
 
 
+def _attention(q, k, v, mask, scale, chunk: int):
+    """`jax.nn.dot_product_attention`, or with `chunk` a scan over blocks of `chunk` queries, each block
+    checkpointed: the backward pass recomputes one block's `[B, H, chunk, T]` scores at a time instead of
+    keeping every layer's `[B, H, T, T]` (what a flash-attention kernel does on GPU)."""
+    t = q.shape[1]
+    if not chunk or chunk >= t or t % chunk:
+        return jax.nn.dot_product_attention(q, k, v, mask=mask, scale=scale)
+    n = t // chunk
+    blocks = q.reshape(q.shape[0], n, chunk, *q.shape[2:]).swapaxes(0, 1)
+    masks = jnp.broadcast_to(mask, (mask.shape[0], 1, t, mask.shape[-1]))
+    masks = masks.reshape(mask.shape[0], 1, n, chunk, -1).transpose(2, 0, 1, 3, 4)
+
+    @jax.checkpoint
+    def one(_, xs):
+        q_block, mask_block = xs
+        return None, jax.nn.dot_product_attention(q_block, k, v, mask=mask_block, scale=scale)
+
+    _, out = jax.lax.scan(one, None, (blocks, masks))
+    return out.swapaxes(0, 1).reshape(q.shape)
+
+
 def _layer(c: Config, p: dict, h, positions, mask, cache=None):
     """One block. With `cache = (k_cache, v_cache, start)` ([B, T_max, KV, hd] each) the new keys/values are
     written at `start` and the queries attend over the cache; returns `(h, (k_cache, v_cache))` then."""
@@ -128,7 +150,7 @@ def _layer(c: Config, p: dict, h, positions, mask, cache=None):
         k_cache, v_cache, start = cache
         k = jax.lax.dynamic_update_slice_in_dim(k_cache, k.astype(k_cache.dtype), start, axis=1)
         v = jax.lax.dynamic_update_slice_in_dim(v_cache, v.astype(v_cache.dtype), start, axis=1)
-    context = jax.nn.dot_product_attention(q, k, v, mask=mask, scale=1.0 / math.sqrt(c.head_dim))
+    context = _attention(q, k, v, mask, 1.0 / math.sqrt(c.head_dim), c.attention_chunk)
     h = h + checkpoint_name(dense(context.reshape(b, t, -1), p["o"]), "attn_out")
     x = _rms_norm(h, p["mlp_norm"], c.norm_eps, c.norm_offset)
     act = jax.nn.silu if c.activation == "silu" else lambda y: jax.nn.gelu(y, approximate=True)

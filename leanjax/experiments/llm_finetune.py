@@ -60,7 +60,8 @@ def packed_data(config):
 def arm_setup(config, base: _llm_model.Config, arm: str):
     """`(model config, arm_params kwargs, micro-batches)` of one arm on the `base` model."""
     remat = {"lora": config.lora_remat_policy, "qlora_remat": config.remat_policy}.get(arm, "none")
-    model = dataclasses.replace(base, dtype="float32" if arm == "full" else config.compute_dtype, remat=remat)
+    model = dataclasses.replace(base, dtype="float32" if arm == "full" else config.compute_dtype, remat=remat,
+                                attention_chunk=config.attention_chunk)
     kw = dict(kernels=_llm_model.KERNELS, rank=config.lora_rank, alpha=config.lora_alpha,
               group_size=config.qlora_group_size, key=jax.random.key(config.seed + 1),
               quantize_rows=None if base.tie_word_embeddings else "embed")
