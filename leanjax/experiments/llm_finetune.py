@@ -1,0 +1,250 @@
+"""Experiment `llm_finetune`: an open-weight decoder instruction-tuned by full fine-tuning, LoRA, QLoRA, QLoRA+remat.
+
+Arms (`leanjax.experiments._llm`): `full` (f32 params, f32 AdamW: the conventional baseline), `lora` (rank-r
+adapters over a frozen bf16 base, bf16 activations), `qlora` (the adapters over an NF4 base) and
+`qlora_remat` (plus `remat_policy` inside the layer scan). All use the chunked vocabulary cross-entropy on
+packed chats, loss on assistant tokens only (`leanjax.data.chat`).
+
+- Memory: the compiled train step's peak, compiled only from abstract shapes, at the `model` preset (batch
+  `memory_batch` x `memory_seq_len`) and QLoRA+remat at `memory_8b_model` (`memory_8b_batch` x
+  `memory_8b_seq_len`).
+- Training, step time and tokens/s: the same family at the `train_model` sizes (random init unless
+  `weights`), on the shipped tweets chat example; step times alternate between arms (medians).
+- `peft_speed_ratio`: leanjax LoRA steps/s over HF PEFT's on the same tiny Llama config, PEFT in a
+  subprocess of `peft_python` (`_peft_bench`); None, labelled, when that interpreter has no torch.
+- `packing_efficiency`: real-token fraction of the packed rows. `generate_tokens_per_s`: greedy decoding with a
+  KV cache (the stand-in's; part A's `generate` replaces it). `load_peak_ratio` and `max_logit_diff` are part
+  A's (loading, reference fixtures): None, labelled, until it is merged.
+The decoder is `_llm_model`'s stand-in until `leanjax.models.decoder` (issue 16 part A) is merged.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import statistics
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from leanjax import data, transforms
+from leanjax.data import chat
+from leanjax.experiments import _launch, _llm, _llm_model
+from leanjax.state import TrainState
+from leanjax.step import make_train_step
+from leanjax.train import fit
+
+EXAMPLE = Path(chat.__file__).parent / "chat_example"
+GIB = 2**30
+
+
+def packed_data(config):
+    """`(Packed, tokenizer, stats)` of the configured chat JSONL, assistant-only loss masks."""
+    tokenizer = chat.load_chat_tokenizer(config.tokenizer or EXAMPLE)
+    conversations = chat.read_chat_jsonl(config.data or EXAMPLE / "chat.jsonl", limit=config.max_examples or None)
+    docs = [tokenizer.encode_chat(c) for c in conversations]
+    pad = tokenizer.token_id("pad_token") or 0
+    packed = chat.pack(docs, config.seq_len, pad_id=pad)
+    stats = {"documents": len(docs), "rows": int(packed.inputs.shape[0]), "truncated": packed.truncated,
+             "packing_efficiency": packed.efficiency,
+             "padded_efficiency": chat.padded_efficiency(docs, config.seq_len),
+             "assistant_target_fraction": float(packed.loss_mask.sum() / max((packed.segment_ids > 0).sum(), 1))}
+    return packed, tokenizer, stats
+
+
+def arm_setup(config, base: _llm_model.Config, arm: str):
+    """`(model config, arm_params kwargs, micro-batches)` of one arm on the `base` model."""
+    remat = {"lora": config.lora_remat_policy, "qlora_remat": config.remat_policy}.get(arm, "none")
+    model = dataclasses.replace(base, dtype="float32" if arm == "full" else config.compute_dtype, remat=remat,
+                                attention_chunk=config.attention_chunk)
+    kw = dict(kernels=_llm_model.KERNELS, rank=config.lora_rank, alpha=config.lora_alpha,
+              group_size=config.qlora_group_size, key=jax.random.key(config.seed + 1),
+              quantize_rows=None if base.tie_word_embeddings else "embed")
+    return model, kw, config.qlora_remat_micro_batches if arm == "qlora_remat" else 1
+
+
+def memory(config) -> dict[str, dict]:
+    """Compiled peaks of every arm at the `model` preset, side rows, and QLoRA+remat at `memory_8b_model`."""
+    tx = _launch.config_optimizer(config)
+    big = (config.memory_batch, config.memory_seq_len)
+    rows = [(arm, config.model, arm, big, {}) for arm in _llm.ARMS]
+    if config.memory_side_rows:  # what the levers of the headline arms are worth
+        rows += [("lora_no_remat", config.model, "lora", big, {"lora_remat_policy": "none"}),
+                 ("qlora_remat_one_batch", config.model, "qlora_remat", big, {"qlora_remat_micro_batches": 1})]
+    rows.append(("qlora_remat_8b", config.memory_8b_model, "qlora_remat",
+                 (config.memory_8b_batch, config.memory_8b_seq_len),
+                 {"qlora_remat_micro_batches": math.gcd(config.qlora_remat_micro_batches, config.memory_8b_batch)}))
+    out = {}
+    for name, preset, arm, shape, overrides in rows:
+        arm_config = ml_collections.ConfigDict({**config.to_dict(), **overrides})
+        model, kw, micro = arm_setup(arm_config, _llm_model.preset(preset), arm)
+        params = jax.eval_shape(lambda m=model, a=arm, kw=kw: _llm.arm_params(
+            _llm_model.init_params(m, jax.random.key(0)), a, **kw))
+        start = time.perf_counter()
+        mem = _llm.compiled_peak(_llm_model.loss_fn(model, chunk_size=config.loss_chunk), params,
+                                 _llm.trainable_mask(params, arm), tx, _llm.abstract_batch(*shape),
+                                 micro_batches=micro)
+        out[name] = {"peak_bytes": mem.peak, "arguments": mem.arguments, "temporaries": mem.temporaries,
+                     "outputs": mem.outputs, "aliased": mem.aliased, "model": preset, "shape": list(shape),
+                     "remat": model.remat, "dtype": model.dtype, "micro_batches": micro,
+                     "compile_s": time.perf_counter() - start}
+        print(f"[llm_finetune] memory {name} ({preset}, {shape[0]}x{shape[1]}): {mem.peak / GIB:.2f} GiB", flush=True)
+    return out
+
+
+def leanjax_lora_step_times(config, model: _llm_model.Config) -> list[float]:
+    """Seconds per step (after a warm-up call) of leanjax's LoRA step as PEFT runs it: f32, every projection
+    adapted, unpacked random rows."""
+    model = dataclasses.replace(model, dtype="float32", remat="none")
+    params = _llm.arm_params(_llm_model.init_params(model, jax.random.key(config.seed)), "lora",
+                             kernels=_llm_model.KERNELS, rank=config.lora_rank, alpha=config.lora_alpha,
+                             group_size=config.qlora_group_size, key=jax.random.key(1), base_dtype=jnp.float32)
+    mask = _llm.trainable_mask(params, "lora")
+    tx = _launch.config_optimizer(config, learning_rate=config.lora_learning_rate)
+    state = TrainState.create(params, tx, jax.random.key(0), trainable=mask)
+    step = make_train_step(transforms.apply(_llm_model.loss_fn(model, chunk_size=config.loss_chunk)), tx,
+                           trainable=mask)
+    b, t = config.batch_size, config.seq_len
+    ids = np.random.default_rng(0).integers(0, model.vocab_size, (b, t + 1)).astype(np.int32)
+    batch = {"inputs": ids[:, :-1], "targets": ids[:, 1:], "loss_mask": np.ones((b, t), bool),
+             "positions": np.tile(np.arange(t, dtype=np.int32), (b, 1)), "segment_ids": np.ones((b, t), np.int32)}
+    times = []
+    for _ in range(config.peft_steps + 1):
+        fresh = jax.block_until_ready(jax.tree.map(jnp.copy, state))
+        start = time.perf_counter()
+        jax.block_until_ready(step(fresh, batch))
+        times.append(time.perf_counter() - start)
+    return times[1:]
+
+
+def peft_comparison(config, base: _llm_model.Config) -> tuple[float | None, dict]:
+    """`(peft_speed_ratio, details)`: PEFT timed before and after leanjax (this machine is shared, so each
+    side's best step time is compared; medians are kept in the details). None when PEFT is unavailable."""
+    spec = _llm_model.peft_spec(base, batch=config.batch_size, seq_len=config.seq_len, rank=config.lora_rank,
+                                alpha=config.lora_alpha, steps=config.peft_steps)
+    before = _llm.peft_steps_per_s(config.peft_python, spec)
+    if before is None:
+        return None, {"skipped": f"no torch/transformers/peft at config.peft_python={config.peft_python!r}"}
+    ours = leanjax_lora_step_times(config, base)
+    after = _llm.peft_steps_per_s(config.peft_python, spec)
+    peft_best = min(before["best_step_s"], after["best_step_s"])
+    details = {"peft_before": before, "peft_after": after, "leanjax_step_times_s": ours,
+               "peft_best_step_s": peft_best, "leanjax_best_step_s": min(ours),
+               "median_ratio": statistics.median([before["step_s"], after["step_s"]]) / statistics.median(ours)}
+    return peft_best / min(ours), details
+
+
+def generation_speed(config, model: _llm_model.Config, params, packed) -> dict:
+    """Greedy KV-cache generation tokens/s of the full fine-tune's final params (f32), second call timed."""
+    prompts = packed.inputs[:config.generate_batch, :config.generate_prompt_len]
+    generate = jax.jit(_llm_model.generate_greedy, static_argnums=(0, 3))
+    args = (dataclasses.replace(model, remat="none"), params, prompts, config.generate_tokens)
+    jax.block_until_ready(generate(*args))
+    start = time.perf_counter()
+    tokens = jax.block_until_ready(generate(*args))
+    seconds = time.perf_counter() - start
+    return {"tokens_per_s": tokens.size / seconds, "seconds": seconds, "batch": int(prompts.shape[0]),
+            "prompt_len": int(prompts.shape[1]), "new_tokens": config.generate_tokens, "dtype": model.dtype,
+            "decoder": "stand-in (_llm_model.generate_greedy: greedy, KV cache)"}
+
+
+def check(config) -> None:
+    """Bad presets and remat policies as one-line config errors, before anything is compiled."""
+    from leanjax.models.remat import validate_policy_name
+
+    for key in ("model", "memory_8b_model"):
+        if config[key] not in _llm_model.PRESETS:
+            raise _launch.ConfigError(f"config.{key}={config[key]!r}: use one of {sorted(_llm_model.PRESETS)}")
+    for key in ("remat_policy", "lora_remat_policy"):
+        try:
+            validate_policy_name(config[key])
+        except ValueError as e:
+            raise _launch.ConfigError(f"config.{key}: {e}") from None
+    if config.memory_batch % config.qlora_remat_micro_batches or config.batch_size % config.qlora_remat_micro_batches:
+        raise _launch.ConfigError(f"config.qlora_remat_micro_batches={config.qlora_remat_micro_batches} must divide "
+                                  f"memory_batch={config.memory_batch} and batch_size={config.batch_size}")
+
+
+def train_config(config, tokenizer) -> _llm_model.Config:
+    if config.weights:
+        raise _launch.ConfigError(
+            f"config.weights={config.weights!r}: loading Hugging Face checkpoints is leanjax.models.decoder's "
+            "(issue 16 part A), not merged on this branch yet; run without weights (random init)")
+    sizes = dict(config.train_model)
+    sizes["vocab_size"] = sizes.get("vocab_size") or tokenizer.tokenizer.get_vocab_size()
+    return _llm_model.sized(_llm_model.preset(config.model), **sizes)
+
+
+def build(config):
+    """The full fine-tune of the training model on the packed chats (what `--audit` compiles)."""
+    check(config)
+    packed, tokenizer, _ = packed_data(config)
+    model, _, _ = arm_setup(config, train_config(config, tokenizer), "full")
+    return dict(params=_llm_model.init_params(model, jax.random.key(config.seed)),
+                loss=_llm_model.loss_fn(model, chunk_size=config.loss_chunk),
+                train=data.ArraySource(packed.batch(slice(None))))
+
+
+def run(config, workdir):
+    check(config)
+    packed, tokenizer, data_stats = packed_data(config)
+    base = train_config(config, tokenizer)
+    peaks = memory(config)
+    source = data.ArraySource(packed.batch(slice(None)))
+    results, steps, states = {}, {}, {}
+    init = _llm_model.init_params(base, jax.random.key(config.seed))
+    for arm in _llm.ARMS:
+        model, kw, micro = arm_setup(config, base, arm)
+        params = _llm.arm_params(init, arm, **kw)
+        mask = _llm.trainable_mask(params, arm)
+        rate = config.learning_rate if arm == "full" else config.lora_learning_rate
+        tx = _launch.config_optimizer(config, learning_rate=rate)
+        state = TrainState.create(jax.tree.map(jnp.copy, params), tx, jax.random.key(config.seed), trainable=mask)
+        steps[arm] = make_train_step(transforms.apply(_llm_model.loss_fn(model, chunk_size=config.loss_chunk)), tx,
+                                     trainable=mask, grad_accum_steps=micro)
+        results[arm] = fit(state, steps[arm], data.batches(source, batch_size=config.batch_size, seed=config.seed),
+                           num_steps=config.num_steps, workdir=os.path.join(workdir, arm), log_every=config.log_every,
+                           progress=config.progress, desc=f"llm_finetune/{arm}")
+        if results[arm].preempted:
+            return {"preempted": True}, {}
+        states[arm] = results[arm].state
+    batch = packed.batch(slice(0, config.batch_size))
+    step_s = _llm.alternating_step_times({arm: (steps[arm], states[arm]) for arm in _llm.ARMS}, batch,
+                                         config.timing_rounds)
+    tokens = int((batch["segment_ids"] > 0).sum())
+    peft_ratio, peft = peft_comparison(config, base)
+    generation = generation_speed(config, arm_setup(config, base, "full")[0], states["full"].params, packed)
+    full = peaks["full"]["peak_bytes"]
+    missing = "not measured: needs issue 16 part A (leanjax.models.decoder loading, fixtures), not merged here"
+    headline = {
+        "lora.memory_ratio": peaks["lora"]["peak_bytes"] / full,
+        "qlora_remat.memory_ratio": peaks["qlora_remat"]["peak_bytes"] / full,
+        "qlora_remat_8b.peak_gib": peaks["qlora_remat_8b"]["peak_bytes"] / GIB,
+        "load_peak_ratio": None, "max_logit_diff": None, "generate_tokens_per_s": generation["tokens_per_s"],
+        "packing_efficiency": data_stats["packing_efficiency"],
+        "peft_speed_ratio": peft_ratio,
+    }
+    metrics = {
+        "init": "random" if not config.weights else f"weights: {config.weights}",
+        "memory": peaks, "memory_ratio": {k: v["peak_bytes"] / full for k, v in peaks.items()},
+        "memory_gib": {k: v["peak_bytes"] / GIB for k, v in peaks.items()},
+        "train_model": dataclasses.asdict(base), "step_time_s": step_s, "tokens_per_step": tokens,
+        "tokens_per_s": {arm: tokens / s for arm, s in step_s.items()},
+        "final_loss": {arm: r.history[-1]["loss"] if r.history else None for arm, r in results.items()},
+        "loss_curves": {arm: [[row["step"], row["loss"]] for row in r.history if "loss" in row]
+                        for arm, r in results.items()},
+        "data": data_stats,
+        "peft": peft,
+        "generation": generation,
+        "not_measured": {"load_peak_ratio": missing, "max_logit_diff": missing, "mfu": "not measured: no GPU lent"},
+    }
+    return metrics, headline
+
+
+if __name__ == "__main__":
+    raise SystemExit(_launch.main("llm_finetune", run))
