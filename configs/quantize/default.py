@@ -31,6 +31,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.eval_examples = 1024
     c.eval_batch_size = 64
     c.timing_rounds = 5
+    # int8_sweep: (batch, seq) shapes at which W8A8 and f32 serving are timed side by side.
+    c.serve_shapes = ((8, 16), (64, 48), (256, 48), (64, 128))
     c.log_every = 10
     c.progress = True
 
@@ -44,6 +46,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         c.eval_examples = 64
         c.eval_batch_size = 32
         c.timing_rounds = 1
+        c.serve_shapes = ((4, 8), (8, 16))
         c.log_every = 5
         c.progress = False
     elif arg not in (None, "", "default"):
