@@ -19,7 +19,9 @@ $(STAMP): pyproject.toml requirements/lock.txt requirements/assets.txt
 demo: setup
 	$(PY) -m leanjax.experiments.$(shell test -f leanjax/experiments/pipeline.py && echo pipeline || echo baseline)
 
+# The linter first (ruff, configured in pyproject.toml), then the suite.
 test: setup
+	$(PY) -m ruff check .
 	$(PY) -m pytest
 
 # Tests marked slow (long end-to-end runs); kept out of CI.

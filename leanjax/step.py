@@ -57,8 +57,8 @@ def make_train_step(loss_fn: LossFn, tx: optax.GradientTransformation, *, traina
 
             def accumulate(grads_sum, xs):
                 mb, r = xs
-                (l, m), g = grad_fn(train_params, mb, r)
-                return jax.tree.map(jnp.add, grads_sum, g), (l, m)
+                (micro_loss, m), g = grad_fn(train_params, mb, r)
+                return jax.tree.map(jnp.add, grads_sum, g), (micro_loss, m)
 
             grads, (losses, metrics) = jax.lax.scan(accumulate, zeros, (micro, rngs))
             grads = jax.tree.map(lambda g: g / grad_accum_steps, grads)

@@ -98,7 +98,8 @@ def test_hlo_counter_reproduces_xla_cost_analysis_without_loops():
         return jnp.sum(jnp.einsum("bqk,bkd->bqd", p, v))
 
     cases = [
-        (jax.grad(conv_net, argnums=(0, 1, 2)), (jnp.ones((2, 9, 9, 3)), jnp.ones((3, 3, 3, 4)), jnp.ones((3, 2, 2, 4)))),
+        (jax.grad(conv_net, argnums=(0, 1, 2)),
+         (jnp.ones((2, 9, 9, 3)), jnp.ones((3, 3, 3, 4)), jnp.ones((3, 2, 2, 4)))),
         (jax.grad(attention, argnums=(0, 1, 2)), tuple(jnp.ones((2, 16, 8)) for _ in range(3))),
         (jax.grad(_unrolled_loss, argnums=(0, 1)), (list(_layers()), jnp.ones((BATCH, WIDTH)))),
     ]
@@ -337,6 +338,16 @@ def _tiny_subject(compute_dtype=jnp.float32):
     return subject
 
 
+def test_pruning_row_trains_with_masks_that_hold_pruned_weights_at_zero():
+    from leanjax.audit import interventions
+
+    subject = _tiny_subject()
+    train = interventions.audit_train(subject, "baseline", iters=0)
+    pruned = interventions.pruning(subject, sparsity=0.5, iters=0)
+    assert pruned.memory.arguments > train.memory.arguments  # the bool masks ride in the optimizer state
+    assert pruned.name == "pruned 50%"
+
+
 def test_lora_row_trains_adapters_only_and_unchanged_rows_are_flagged():
     from leanjax.audit import interventions
 
@@ -359,7 +370,10 @@ def test_train_what_ifs_audit_every_transformed_step():
     assert rows["qlora r=8 (nf4)"].audit.memory.arguments < rows["lora r=8"].audit.memory.arguments
     assert rows["remat dots"].unavailable.startswith("no effect on this model")  # it has no remat option
     assert rows["bf16 compute"].audit.hlo != train.hlo
-    assert rows["pruning"].unavailable and rows["distilled student"].unavailable
+    # Masks in the optimizer state: more memory, the same dense FLOPs (pruning pays at serving time).
+    assert rows["pruning"].audit.memory.arguments > train.memory.arguments
+    assert rows["pruning"].audit.flops >= train.flops
+    assert "smaller model the experiment defines" in rows["distilled student"].unavailable
 
 
 def test_serving_what_ifs_store_smaller_weights():

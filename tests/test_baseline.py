@@ -74,6 +74,23 @@ def test_sigkill_then_rerun_is_bitwise_equal(straight, tmp_path):
     assert read_jsonl(straight / "metrics.jsonl") == read_jsonl(tmp_path / "metrics.jsonl")
 
 
+def test_restart_after_the_final_checkpoint_writes_the_same_summary(straight, tmp_path):
+    """Killed after its final checkpoint (before summary.json): the rerun trains nothing and writes the summary
+    the uninterrupted run wrote (its speed from fit_stats.json, its final loss and evaluation from the log)."""
+    import shutil
+
+    shutil.copytree(straight, tmp_path / "run")
+    (tmp_path / "run" / "summary.json").unlink()
+    rerun = _run(tmp_path / "run")
+    assert "resumed from checkpoint at step 60" in rerun.stdout
+    a, b = (json.loads((d / "summary.json").read_text()) for d in (straight, tmp_path / "run"))
+    assert a["headline"] == b["headline"] and a["config"] == b["config"]
+    assert a["metrics"]["final_train_loss"] is not None
+    assert b["metrics"].pop("resumed_from_step") == 60 and a["metrics"].pop("resumed_from_step") == 0
+    assert a["metrics"] == b["metrics"]
+    assert read_jsonl(straight / "metrics.jsonl") == read_jsonl(tmp_path / "run" / "metrics.jsonl")
+
+
 def test_incompatible_checkpoint_is_a_clear_error(straight, tmp_path):
     import shutil
 

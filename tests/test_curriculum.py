@@ -7,8 +7,15 @@ import numpy as np
 import pytest
 
 from leanjax.data import ArraySource
-from leanjax.data.curriculum import (PACINGS, CurriculumSampler, competence, difficulty_order,
-                                     length_schedule, random_order, split_windows)
+from leanjax.data.curriculum import (
+    PACINGS,
+    CurriculumSampler,
+    competence,
+    difficulty_order,
+    length_schedule,
+    random_order,
+    split_windows,
+)
 
 
 @pytest.mark.parametrize("kind", [k for k in PACINGS if k != "none"])

@@ -11,8 +11,16 @@ from leanjax.models import MLP, functional
 from leanjax.state import TrainState
 from leanjax.step import make_train_step
 from leanjax.transforms import apply, quantize
-from leanjax.transforms.distill import (attention_transfer_loss, cache_topk, distill_trainable,
-                                        distillation_loss, hidden_loss, init_projection, kd_loss, topk_kd_loss)
+from leanjax.transforms.distill import (
+    attention_transfer_loss,
+    cache_topk,
+    distill_trainable,
+    distillation_loss,
+    hidden_loss,
+    init_projection,
+    kd_loss,
+    topk_kd_loss,
+)
 
 
 def test_kd_loss_hand_computed():

@@ -9,11 +9,13 @@ HEADLINE = {"finetuned_accuracy", "scratch_accuracy", "steps_to_match_scratch", 
             "fast_start.steps_to_match_scratch", "fast_start.speedup"}
 
 
-def test_first_reaching_is_the_first_eval_at_or_above_the_target():
+def test_steps_to_match_is_the_first_eval_at_or_above_the_target():
+    from leanjax.train import steps_to_target  # what finetune's steps_to_match_scratch is
+
     curve = [(10, 0.4), (20, 0.55), (30, 0.5), (40, 0.6)]
-    assert finetune._first_reaching(curve, 0.55) == 20
-    assert finetune._first_reaching(curve, 0.3) == 10
-    assert finetune._first_reaching(curve, 0.7) is None
+    assert steps_to_target(curve, 0.55) == 20
+    assert steps_to_target(curve, 0.3) == 10
+    assert steps_to_target(curve, 0.7) is None
 
 
 # In `make test`: the `:tiny` contract (every headline key) at ~30-35 s on 2 quiet cores (-O0).

@@ -35,10 +35,47 @@ def test_overrides_parse_by_type_and_summary_is_written(tmp_path):
     ("--config.cnn.features=[1,", "config.cnn.features expects a tuple literal"),
     ("--config.seed", "has no value"),
     ("--lr=3", "unrecognised argument '--lr=3'"),
+    ("--config.task=lmm", "error: config.task='lmm' is not one of 'cnn', 'lm'; did you mean 'lm'?"),
+    ("--config.optimizer=adamx", "config.optimizer='adamx' is not one of 'adamw', 'adam', 'adafactor', 'sgd'"),
 ])
 def test_bad_overrides_name_the_key(tmp_path, capsys, arg, message):
     assert _launch.main("baseline", _run_ok, ["--config", TINY, "--workdir", str(tmp_path), arg]) == 2
-    assert message in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1  # one line, no traceback
+
+
+def test_a_bad_value_found_by_the_experiment_is_one_line(tmp_path, capsys):
+    from leanjax.experiments import _baseline
+
+    def run(config, workdir):
+        config.unlock()
+        config.task = "lmm"  # as if no CHOICES had caught it
+        return _baseline.build(config)
+
+    assert _launch.main("baseline", run, ["--config", TINY, "--workdir", str(tmp_path)]) == 1
+    assert capsys.readouterr().err == "error: config.task='lmm': use 'cnn' or 'lm'\n"
+
+
+@pytest.mark.parametrize("config", sorted(str(p) for p in _launch.REPO_ROOT.glob("configs/*/default.py")))
+def test_every_config_satisfies_its_own_choices(config):
+    for arg in ("", ":tiny"):
+        loaded, choices = _launch._load(config + arg)
+        _launch.check_choices(loaded, choices)
+
+
+def test_unknown_variant_is_one_line(tmp_path, capsys):
+    assert _launch.main("baseline", _run_ok, ["--config", "configs/baseline/default.py:tny"]) == 2
+    assert capsys.readouterr().err == ("error: configs/baseline/default.py: unknown config variant 'tny': use 'tiny', "
+                                       "'lm' or nothing\n")
+
+
+def test_configs_share_common_blocks():
+    """lora, quantize and finetune start from configs/common.py's MiniLM block; :tiny shrinks it alike."""
+    shared = ("seed", "dropout", "weight_decay", "progress")
+    for tiny in ("", ":tiny"):
+        configs = [_launch.load_config(f"configs/{name}/default.py{tiny}") for name in ("lora", "quantize", "finetune")]
+        assert all({k: c[k] for k in shared} == {k: configs[0][k] for k in shared} for c in configs)
+    assert _launch.load_config("configs/quantize/default.py:tiny").seq_len == 16
 
 
 def test_missing_config_file(tmp_path, capsys):
@@ -78,3 +115,34 @@ def test_tiny_variant_runs_with_fast_compile_recorded_in_the_summary(tmp_path):
     assert _launch.FAST_COMPILE_FLAG in os.environ["XLA_FLAGS"]
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert "xla_backend_optimization_level" in summary["versions"]["XLA_FLAGS"]
+
+
+def test_config_optimizer_reads_the_config_and_takes_named_overrides():
+    import jax
+    import jax.numpy as jnp
+    import ml_collections
+    import numpy as np
+
+    from leanjax.optim import make_optimizer
+
+    config = ml_collections.ConfigDict(dict(learning_rate=0.1, num_steps=10, warmup_steps=2, weight_decay=0.5,
+                                            student_learning_rate=0.3, clip_norm=None, schedule="linear"))
+    params, grads = {"w": jnp.ones((3,))}, {"w": jnp.full((3,), 2.0)}
+
+    def updates(tx, steps=3):
+        state = tx.init(params)
+        for _ in range(steps):
+            u, state = tx.update(grads, state, params)
+        return np.asarray(u["w"]), state
+
+    expected = make_optimizer("adamw", learning_rate=0.3, total_steps=10, warmup_steps=2, weight_decay=0.5,
+                              clip_norm=None, schedule="linear")
+    got = _launch.config_optimizer(config, learning_rate=config.student_learning_rate)
+    np.testing.assert_allclose(updates(got)[0], updates(expected)[0], rtol=1e-6)
+    # An injected rate: a unit schedule times the rate held in the state; the same updates.
+    injected, state = updates(_launch.config_optimizer(config, learning_rate=0.3, inject_learning_rate=True))
+    assert float(state.hyperparams["learning_rate_scale"]) == pytest.approx(0.3)
+    np.testing.assert_allclose(injected, updates(expected)[0], rtol=1e-5)
+    assert jax.tree.structure(state) == jax.tree.structure(updates(expected)[1])
+    with pytest.raises(TypeError, match=r"unknown option\(s\) \['lr'\]"):
+        _launch.config_optimizer(config, lr=0.1)

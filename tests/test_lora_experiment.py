@@ -7,7 +7,7 @@ import pytest
 from flax import nnx
 
 from leanjax import transforms
-from leanjax.experiments import _launch, lora
+from leanjax.experiments import _launch, _minilm, lora
 from leanjax.models import SequenceClassifier, TransformerConfig, functional
 
 HEADLINE = {"full.accuracy", "lora.accuracy", "qlora.accuracy", "lora.trainable_fraction", "lora.memory_ratio",
@@ -23,10 +23,10 @@ def _params():
 def test_adapter_arms_train_adapters_and_head_only():
     params = _params()
     kw = dict(rank=4, alpha=8.0, group_size=64, seed=0)
-    full, full_mask = lora.arm_params(params, "full", **kw)
+    full, full_mask = _minilm.arm_params(params, "full", **kw)
     assert all(jax.tree.leaves(full_mask))
     for arm in ("lora", "qlora"):
-        p, mask = lora.arm_params(params, arm, **kw)
+        p, mask = _minilm.arm_params(params, arm, **kw)
         kernel = p["encoder"]["layers"]["intermediate"]["kernel"]
         assert isinstance(kernel, transforms.LoRA)
         assert isinstance(kernel.base, transforms.NF4) == (arm == "qlora")
@@ -36,7 +36,7 @@ def test_adapter_arms_train_adapters_and_head_only():
         assert not any(jax.tree.leaves(mask["encoder"]["embeddings"]))
         assert mask["encoder"]["layers"]["intermediate"]["kernel"].a is True
     with pytest.raises(ValueError, match="unknown arm"):
-        lora.arm_params(params, "dora", **kw)
+        _minilm.arm_params(params, "dora", **kw)
 
 
 @pytest.mark.slow  # loads the 22.7M-param MiniLM, compiles 4 memory audits and 3 train steps: minutes

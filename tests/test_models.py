@@ -15,7 +15,14 @@ import quax
 from flax import nnx
 
 from leanjax.models import (
-    CNN, MLP, CausalLM, SequenceClassifier, Transformer, TransformerConfig, checkpoint_policy, functional,
+    CNN,
+    MLP,
+    CausalLM,
+    SequenceClassifier,
+    Transformer,
+    TransformerConfig,
+    checkpoint_policy,
+    functional,
     mean_pool,
 )
 
@@ -52,7 +59,10 @@ def only_params(model):
 
 def test_shapes_and_params_only():
     # Abstract models (nnx.eval_shape) and jax.eval_shape: shapes without compiling anything.
-    abstract = lambda make: nnx.eval_shape(lambda: make(nnx.Rngs(0)))
+
+    def abstract(make):
+        return nnx.eval_shape(lambda: make(nnx.Rngs(0)))
+
     models = {
         "mlp": (abstract(lambda r: MLP(64, [32, 16], 10, dropout=0.1, rngs=r)),
                 (jnp.zeros((3, 8, 8), jnp.uint8),), (3, 10)),
@@ -109,7 +119,10 @@ def test_scan_layers_matches_unrolled():
     fu, pu = functional(classifier())
     fs, ps = functional(classifier(scan_layers=True))
     layers = pu["encoder"]["layers"]
-    stack = lambda layers: jax.tree.map(lambda *xs: jnp.stack(xs), *[layers[i] for i in range(CFG.num_layers)])
+
+    def stack(layers):
+        return jax.tree.map(lambda *xs: jnp.stack(xs), *[layers[i] for i in range(CFG.num_layers)])
+
     chex.assert_trees_all_equal({**pu, "encoder": {**pu["encoder"], "layers": stack(layers)}}, ps)
     assert ps["encoder"]["layers"]["attention"]["query"]["kernel"].shape == (2, 16, 16)
     # Same outputs for the same (non-init) params, stacked or not, with and without dropout.
@@ -225,7 +238,10 @@ def test_functional_round_trip_jit_grad():
     assert jax.tree.structure(grads) == jax.tree.structure(params)
     # Central difference along the gradient: d/de loss(p + e g) at 0 equals |g|^2.
     eps, sq = 1e-2, sum(float(jnp.vdot(g, g)) for g in jax.tree.leaves(grads))
-    step = lambda e: jax.tree.map(lambda p, g: p + e * g, params, grads)
+
+    def step(e):
+        return jax.tree.map(lambda p, g: p + e * g, params, grads)
+
     jloss = jax.jit(loss)
     np.testing.assert_allclose((jloss(step(eps)) - jloss(step(-eps))) / (2 * eps), sq, rtol=2e-2)
     embed_fn, _ = functional(model, "embed")

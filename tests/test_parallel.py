@@ -11,14 +11,28 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
-from jax.sharding import NamedSharding, PartitionSpec as P
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from leanjax import losses
 from leanjax.models import MLP, CausalLM, TransformerConfig, functional
 from leanjax.optim import make_optimizer
 from leanjax.parallel import (
-    Candidate, batch_sharding, cluster_kind, decide, factorizations, global_batch, initialize_kwargs, make_mesh,
-    plan_mesh, process_batches, resolve_shape, shard, sharded_lm_loss, sharded_train_step, tree_shardings,
+    Candidate,
+    batch_sharding,
+    cluster_kind,
+    decide,
+    factorizations,
+    global_batch,
+    initialize_kwargs,
+    make_mesh,
+    plan_mesh,
+    process_batches,
+    resolve_shape,
+    shard,
+    sharded_lm_loss,
+    sharded_train_step,
+    tree_shardings,
     vocab_parallel_cross_entropy,
 )
 from leanjax.state import TrainState

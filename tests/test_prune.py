@@ -15,8 +15,18 @@ from leanjax.step import make_train_step
 from leanjax.train import fit
 from leanjax.transforms import apply
 from leanjax.transforms.compact import cnn_groups, compact, mlp_groups, structured_masks, transformer_groups
-from leanjax.transforms.prune import (apply_masks, keep_masks, magnitude, masks_of, nm_mask,
-                                      polynomial_schedule, prune_by_schedule, report)
+from leanjax.transforms.prune import (
+    apply_masks,
+    complete_masks,
+    gradual_pruning,
+    keep_masks,
+    magnitude,
+    masks_of,
+    nm_mask,
+    polynomial_schedule,
+    prune_by_schedule,
+    report,
+)
 from leanjax.transforms.sparse24 import Packed24, encode24, pack24
 
 
@@ -69,6 +79,34 @@ def test_schedule_hits_target_at_end_step():
     sp = report(params, masks_of(state))
     assert sp["overall"] == pytest.approx(0.8, abs=0.01)
     assert sp["layers/0/kernel"] == pytest.approx(0.8, abs=0.01)
+
+
+def test_gradual_pruning_reaches_each_injected_sparsity_with_one_compiled_update():
+    from leanjax.optim import set_hyperparams
+
+    _, params = _mlp()
+    tx = gradual_pruning(lambda: optax.sgd(0.1), magnitude(r".*kernel"), ramp_steps=6, update_every=2)
+    update = jax.jit(tx.update)
+    grads = jax.tree.map(jnp.ones_like, params)
+    for target in (0.5, 0.75):
+        state = set_hyperparams(TrainState.create(params, tx, jax.random.key(0)), sparsity=target).opt_state
+        p = params
+        for _ in range(8):
+            updates, state = update(grads, state, p)
+            p = optax.apply_updates(p, updates)
+        assert report(p, masks_of(state))["overall"] == pytest.approx(target, abs=0.01)
+    assert update._cache_size() == 1  # the sparsity lives in the state, not in the program
+
+
+def test_complete_masks_gives_both_trees_the_same_pruned_leaves():
+    a = {"x": jnp.array([True, False]), "y": None, "z": None}
+    b = {"x": None, "y": jnp.array([[False, True]]), "z": None}
+    ab, ba = complete_masks(a, b), complete_masks(b, a)
+    assert jax.tree.structure(ab, is_leaf=lambda v: v is None) == jax.tree.structure(ba, is_leaf=lambda v: v is None)
+    chex.assert_trees_all_equal(ab["x"], a["x"])
+    assert ab["y"].dtype == bool and bool(ab["y"].all()) and ab["z"] is None
+    chex.assert_trees_all_equal(ba["y"], b["y"])
+    assert bool(ba["x"].all())
 
 
 def test_masks_survive_checkpoint_resume(tmp_path):

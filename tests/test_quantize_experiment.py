@@ -10,7 +10,7 @@ import pytest
 from flax import nnx
 
 from leanjax import transforms
-from leanjax.experiments import _launch, quantize
+from leanjax.experiments import _launch, _minilm, quantize
 from leanjax.models import SequenceClassifier, TransformerConfig, functional
 
 HEADLINE = {"int8.size_ratio", "int4.size_ratio", "int8.accuracy_delta", "int4.accuracy_delta",
@@ -31,7 +31,7 @@ def test_quantized_arms_serve_close_to_f32():
     ids = jax.random.randint(jax.random.key(1), (4, 16), 0, 128)
     mask = jnp.ones((4, 16), bool)
     ref = apply_fn(params, ids, mask)
-    int8 = quantize.quantized(params, 8, None, serve=True)
+    int8 = _minilm.quantized(params, 8, None, serve=True)
     assert isinstance(int8["encoder"]["layers"][0]["intermediate"]["kernel"], transforms.W8A8)
     assert isinstance(int8["encoder"]["embeddings"]["word"]["embedding"], transforms.Int8)
     out = jax.jit(transforms.apply(apply_fn))(int8, ids, mask)

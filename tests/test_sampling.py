@@ -6,8 +6,14 @@ import json
 import numpy as np
 import pytest
 
-from leanjax.data.sampling import (infobatch_plan, plan_batches, random_subset, select_by_score,
-                                   semantic_dedup)
+from leanjax.data.sampling import (
+    holdout_split,
+    infobatch_plan,
+    plan_batches,
+    random_subset,
+    select_by_score,
+    semantic_dedup,
+)
 
 
 def test_select_by_score_modes_and_class_balance():
@@ -28,6 +34,22 @@ def test_random_subset_is_class_balanced_and_seeded():
     assert len(a) == 40 and np.all(np.bincount(labels[a]) == 10)
     np.testing.assert_array_equal(a, random_subset(100, 0.4, seed=1, labels=labels))
     assert len(np.unique(random_subset(100, 0.4, seed=1))) == 40
+
+
+def test_holdout_split_is_disjoint_complete_and_seeded():
+    from leanjax.data import ArraySource
+
+    source = ArraySource({"x": np.arange(20).reshape(10, 2), "label": np.arange(10)})
+    rest, held = holdout_split(source, 3, seed=1)
+    assert len(rest) == 7 and len(held) == 3
+    ids = [held[i]["label"] for i in range(3)] + [rest[i]["label"] for i in range(7)]
+    assert sorted(int(i) for i in ids) == list(range(10))
+    np.testing.assert_array_equal(held[0]["x"], source[int(held[0]["label"])]["x"])
+    again = holdout_split(source, 3, seed=1)[1]
+    assert [int(again[i]["label"]) for i in range(3)] == [int(held[i]["label"]) for i in range(3)]
+    assert {int(holdout_split(source, 3, seed=s)[1][0]["label"]) for s in range(8)} != {int(held[0]["label"])}
+    with pytest.raises(ValueError, match="holdout size 10"):
+        holdout_split(source, 10, seed=0)
 
 
 def test_infobatch_rescaling_keeps_the_expected_gradient():

@@ -9,8 +9,15 @@ import pytest
 from flax import nnx
 
 from leanjax.data import ArraySource, batches
-from leanjax.data.scores import (ScoredState, ScoreStore, example_scores, indexed, score_source,
-                                 scored_classification_loss, with_scores)
+from leanjax.data.scores import (
+    ScoredState,
+    ScoreStore,
+    example_scores,
+    indexed,
+    score_source,
+    scored_classification_loss,
+    with_scores,
+)
 from leanjax.models import MLP, functional
 from leanjax.state import TrainState
 from leanjax.step import make_train_step

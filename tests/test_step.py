@@ -77,8 +77,8 @@ def test_gradient_accumulation_equals_full_batch():
     tx = optax.sgd(0.1)
     loss_fn = losses.classification_loss(_linear)
     full = make_train_step(loss_fn, tx, donate=False)(TrainState.create(params, tx, jax.random.key(0)), batch)[0]
-    accum = make_train_step(loss_fn, tx, grad_accum_steps=4, donate=False)(TrainState.create(params, tx, jax.random.key(0)),
-                                                              batch)[0]
+    accum_step = make_train_step(loss_fn, tx, grad_accum_steps=4, donate=False)
+    accum = accum_step(TrainState.create(params, tx, jax.random.key(0)), batch)[0]
     chex.assert_trees_all_close(full.params, accum.params, rtol=1e-5, atol=1e-6)
     with pytest.raises(ValueError, match="not divisible"):
         make_train_step(loss_fn, tx, grad_accum_steps=5)(TrainState.create(params, tx, jax.random.key(0)), batch)

@@ -123,3 +123,43 @@ def test_stop_file_ends_the_run_at_the_next_log_point(tmp_path):
     result = _fit(tmp_path, 20, checkpoint_every=0)
     assert int(result.state.step) == 5 and not result.preempted
     assert Checkpointer(tmp_path / "checkpoints").latest_step() == 5
+
+
+def test_steps_to_target_and_compare_to_baseline(tmp_path):
+    from leanjax.train import compare_to_baseline, plot_arm_curves, steps_to_target
+
+    assert steps_to_target([(10, 0.5), (20, 0.7), (30, 0.9)], 0.7) == 20
+    assert steps_to_target([(10, 2.0), (20, 1.5)], 1.0, higher_is_better=False) is None
+    curves = {"random": [[(10, 0.5), (20, 0.8)], [(10, 0.6), (20, 0.7)]],
+              "curriculum": [[(10, 0.75), (20, 0.9)], [(10, 0.5), (20, 0.6)]]}
+    out = compare_to_baseline(curves)
+    assert out["target"] == 0.7  # the worst final accuracy of the random seeds
+    assert out["random"]["steps_to_target_per_seed"] == [20, 20]
+    assert out["curriculum"]["steps_to_target_per_seed"] == [10, None]
+    assert out["curriculum"]["steps_to_target"] is None  # not every seed reached it
+    assert out["curriculum"]["speedup_per_seed"] == [2.0, 0.0] and out["curriculum"]["speedup_low"] == 0.0
+    assert out["curriculum"]["final_metric"] == pytest.approx(0.75)
+    assert compare_to_baseline(curves, target=0.5)["curriculum"]["steps_to_target"] == 10
+    with pytest.raises(ValueError, match="no 'random' arm"):
+        compare_to_baseline({"a": curves["random"]})
+    path = plot_arm_curves({"mnist": curves}, str(tmp_path / "c.png"), targets={"mnist": out["target"]})
+    assert (tmp_path / "c.png").stat().st_size > 1000 and path.endswith("c.png")
+
+
+def test_write_report_markdown_and_self_contained_html(tmp_path):
+    import base64
+
+    from leanjax.train.report import write_report
+
+    png = b"\x89PNG fake bytes"
+    paths = write_report(str(tmp_path), title="a <b> report", paragraphs=["x < y"],
+                         tables=[("Costs", [["stage", "what"], ["lean", "`remat` & QLoRA"]])],
+                         figures={"memory": ("Training memory", png)})
+    md = open(paths["md"]).read()
+    assert md.startswith("# a <b> report\n\nx < y\n") and "| lean | `remat` & QLoRA |" in md
+    assert "![Training memory](report_figures/memory.png)" in md
+    assert open(os.path.join(paths["figures"], "memory.png"), "rb").read() == png
+    page = open(paths["html"]).read()
+    assert "<title>a &lt;b&gt; report</title>" in page and "<p>x &lt; y</p>" in page
+    assert "<td><code>remat</code> &amp; QLoRA</td>" in page
+    assert f'src="data:image/png;base64,{base64.b64encode(png).decode()}"' in page

@@ -221,3 +221,26 @@ def test_storage_specs(tmp_path):
         tune.make_sampler("bohb", 0)
     with pytest.raises(ValueError, match="min_resource"):
         tune.make_pruner("hyperband", min_resource=10, max_resource=10)
+
+
+def _trial(value, steps, state=optuna.trial.TrialState.COMPLETE):
+    return optuna.trial.create_trial(value=value if state == optuna.trial.TrialState.COMPLETE else None,
+                                     state=state, user_attrs={tune.STEPS_ATTR: steps},
+                                     distributions={}, params={})
+
+
+def test_compare_methods_charges_unreached_seeds_their_budget(tmp_path):
+    pruned = optuna.trial.TrialState.PRUNED
+    studies = {"random": [[_trial(0.5, 10), _trial(0.8, 10)], [_trial(0.6, 10), _trial(0.7, 10)]],
+               "tpe": [[_trial(0.9, 10), _trial(0.2, 4, pruned)], [_trial(0.1, 10), _trial(0.2, 10)]]}
+    out = tune.compare_methods(studies, baseline="random")
+    assert out["targets"] == [0.8, 0.7]
+    assert out["random"]["compute_to_target"] == [20, 20] and out["random"]["mean_compute_to_target"] == 20
+    # tpe reaches 0.8 on seed 0 after 10 steps, never reaches 0.7 on seed 1: charged its 20 steps.
+    assert out["tpe"]["compute_to_target"] == [10, None] and out["tpe"]["reached_target"] == 1
+    assert out["tpe"]["mean_compute_to_target"] == 15 and out["tpe"]["total_steps"] == [14, 20]
+    assert out["tpe"]["pruned"] == [1, 0] and out["tpe"]["mean_best"] == pytest.approx(0.55)
+    tune.plot_history(studies, str(tmp_path / "history.png"))
+    assert (tmp_path / "history.png").stat().st_size > 1000
+    with pytest.raises(ValueError, match="no 'grid' studies"):
+        tune.compare_methods(studies, baseline="grid")

@@ -16,8 +16,15 @@ from safetensors.numpy import load_file, save_file
 
 from leanjax.models import CausalLM, SequenceClassifier, Transformer, TransformerConfig, functional
 from leanjax.weights import (
-    BERT, GPT2, CheckpointFileError, PickleRefusedError, WeightsMismatchError, checkpoint_files, export_hf,
-    load_into, load_pretrained,
+    BERT,
+    GPT2,
+    CheckpointFileError,
+    PickleRefusedError,
+    WeightsMismatchError,
+    checkpoint_files,
+    export_hf,
+    load_into,
+    load_pretrained,
 )
 
 FIXTURES = pathlib.Path(__file__).parent / "fixtures"
@@ -132,7 +139,10 @@ class Wrapped(quax.ArrayValue):
 
 def test_on_load_can_return_typed_weights(tiny_checkpoint):
     directory, params = tiny_checkpoint
-    wrap = lambda path, a: Wrapped(jnp.asarray(a)) if path.endswith("kernel") else jnp.asarray(a)
+
+    def wrap(path, a):
+        return Wrapped(jnp.asarray(a)) if path.endswith("kernel") else jnp.asarray(a)
+
     model = load_pretrained(directory, on_load=wrap).model
     apply_fn, typed = functional(model)
     assert isinstance(typed["layers"][0]["attention"]["query"]["kernel"], Wrapped)

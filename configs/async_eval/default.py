@@ -13,7 +13,10 @@ its own; here both share 2 cores, so async_overhead measures the contention (rep
 
 import ml_collections
 
+from configs import common
 from leanjax.experiments._launch import load_config
+
+CHOICES = {"task": ("cnn", "lm")}  # the baseline's
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -32,6 +35,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         c.repeats = 1
         c.eval_max_batches = 2
         c.sidecar.idle_timeout_s = 60.0
-    elif arg not in (None, "", "default"):
-        raise ValueError(f"unknown config variant {arg!r}: use 'tiny' or nothing")
+    else:
+        common.check_variant(arg, "tiny")
     return c

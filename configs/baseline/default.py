@@ -9,6 +9,10 @@ Expected (default): eval_accuracy >= 0.97 on the 1,000 held-out MNIST-5k digits.
 
 import ml_collections
 
+from configs import common
+
+CHOICES = {"task": ("cnn", "lm")}
+
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
@@ -54,6 +58,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         c.lm.num_layers = 1
         c.lm.intermediate_size = 64
         c.eval_max_batches = 4
-    elif arg not in (None, "", "default"):
-        raise ValueError(f"unknown config variant {arg!r}: use 'tiny', 'lm' or nothing")
+    else:
+        common.check_variant(arg, "tiny", "lm")
     return c

@@ -12,6 +12,11 @@ Expected (tiny): every headline key present; its numbers mean nothing (a handful
 
 import ml_collections
 
+from configs import common
+
+CHOICES = {"mnist.arms": ("random", "curriculum", "anti"), "lm.arms": ("random", "length_warmup", "loss_curriculum"),
+           "headline": ("mnist/curriculum", "mnist/anti", "lm/length_warmup", "lm/loss_curriculum")}
+
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
@@ -31,10 +36,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
     if arg == "tiny":
         c.num_seeds = 2
-        c.mnist.update(dict(arms=("random", "curriculum"), hidden=(32,), num_steps=40, eval_every=10, pacing_steps=20, ref_steps=10))
-        c.lm.update(dict(arms=("random", "length_warmup"), seq_len=32, buckets=(8, 16, 32), length_warmup_steps=12, hidden_size=16,
-                         num_layers=1, num_heads=2, batch_size=8, num_steps=24, eval_every=8, eval_batches=2,
-                         train_windows=256, pacing_steps=12, ref_steps=8, warmup_steps=2))
-    elif arg not in (None, "", "default"):
-        raise ValueError(f"unknown config variant {arg!r}: use 'tiny' or nothing")
+        c.mnist.update(dict(arms=("random", "curriculum"), hidden=(32,), num_steps=40, eval_every=10,
+                            pacing_steps=20, ref_steps=10))
+        c.lm.update(dict(arms=("random", "length_warmup"), seq_len=32, buckets=(8, 16, 32), length_warmup_steps=12,
+                         hidden_size=16, num_layers=1, num_heads=2, batch_size=8, num_steps=24, eval_every=8,
+                         eval_batches=2, train_windows=256, pacing_steps=12, ref_steps=8, warmup_steps=2))
+    else:
+        common.check_variant(arg, "tiny")
     return c

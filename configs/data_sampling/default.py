@@ -11,6 +11,12 @@ Expected (tiny): every headline key, fraction_kept 0.5; accuracies from 2 epochs
 
 import ml_collections
 
+from configs import common
+
+SCORES = ("el2n_avg", "el2n", "loss", "margin", "forgetting")  # ScoreStore fields
+MODES = ("hardest", "easiest", "middle")
+CHOICES = {"score": SCORES, "mode": MODES, "modes": MODES}
+
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
@@ -20,6 +26,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.batch_size = 64
     c.learning_rate = 1e-3
     c.weight_decay = 1e-4
+    c.schedule = "constant"
     c.epochs = 20
     c.score = "el2n_avg"          # a ScoreStore field: el2n_avg, el2n, loss, margin, forgetting
     c.fraction = 0.5
@@ -35,6 +42,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         c.epochs = 3
         c.modes = ("hardest",)
         c.dedup.update(dict(num_texts=64, max_len=16, batch_size=64, num_clusters=2))
-    elif arg not in (None, "", "default"):
-        raise ValueError(f"unknown config variant {arg!r}: use 'tiny' or nothing")
+    else:
+        common.check_variant(arg, "tiny")
     return c

@@ -13,13 +13,13 @@ is 5 train-step compilations, one per arm).
 
 import ml_collections
 
+from configs import common
+
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.seed = 0
-    c.teacher = ml_collections.ConfigDict(dict(
-        seed=0, num_layers=6, seq_len=48, batch_size=32, learning_rate=5e-5, num_steps=60, train_examples=4096,
-        eval_examples=512))
+    c.teacher = common.minilm_teacher()
     c.student_layers = 2
     c.student_vocab = 8192
     c.student_steps = 100
@@ -36,8 +36,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.few_labels.labels = 256            # of the teacher's 4,096 training tweets
     c.few_labels.sweep = ((1.0, 1.0), (2.0, 1.0), (4.0, 1.0), (2.0, 0.5))   # (temperature, alpha)
     if arg == "tiny":
-        c.teacher.update(dict(num_layers=1, seq_len=16, batch_size=8, num_steps=2, train_examples=64,
-                              eval_examples=32))
+        common.tiny_minilm_teacher(c.teacher, train_examples=64, eval_examples=32)
         c.student_layers = 1
         c.student_vocab = 512
         c.student_steps = 2
@@ -47,6 +46,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         c.timing_rounds = 1
         c.few_labels.labels = 16
         c.few_labels.sweep = ((2.0, 1.0),)
-    elif arg not in (None, "", "default"):
-        raise ValueError(f"unknown config variant {arg!r}: use 'tiny' or nothing")
+    else:
+        common.check_variant(arg, "tiny")
     return c

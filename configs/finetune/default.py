@@ -13,27 +13,20 @@ start-up and one train-step compile).
 
 import ml_collections
 
+from configs import common
+
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    c = ml_collections.ConfigDict()
-    c.seed = 0
-    c.num_layers = 6              # MiniLM's first `num_layers` layers (6 = all), in both arms
-    c.seq_len = 48
-    c.dropout = 0.1
-    c.batch_size = 32
+    c = common.minilm_tweets()    # num_layers: MiniLM's first layers, in both arms
     c.num_steps = 100
     c.warmup_steps = 10
-    c.weight_decay = 0.01
     c.finetuned_learning_rate = 5e-5   # the usual BERT fine-tuning range (2e-5..1e-4)
     c.scratch_learning_rate = 2e-4     # from scratch a larger peak rate learns faster; still stable post-LN
     c.train_examples = 0          # 0: the whole train split (29,775 tweets)
     c.eval_split = "test"
     c.eval_examples = 256         # the first N of the split; 0: all 3,722
-    c.eval_batch_size = 64
-    c.eval_every = 5             # resolves steps_to_match_scratch to 5 steps (speedup 100/15 vs 100/20)
-    c.log_every = 10
+    c.eval_every = 5              # resolves steps_to_match_scratch to 5 steps (speedup 100/15 vs 100/20)
     c.checkpoint_every = 0        # only the final state (each arm can still resume from it)
-    c.progress = True
     # Regime arm (issue 19): the fine-tuning schedule that starts fastest vs scratch at its own best rate.
     c.fast_start = ml_collections.ConfigDict()
     c.fast_start.enabled = True
@@ -42,19 +35,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.fast_start.scratch_learning_rates = (2e-4, 5e-4)   # scratch's best final accuracy is the target
 
     if arg == "tiny":
-        c.num_layers = 1
-        c.seq_len = 16
-        c.batch_size = 8
-        c.num_steps = 8
-        c.warmup_steps = 1
-        c.train_examples = 128
-        c.eval_examples = 32
-        c.eval_batch_size = 32
-        c.eval_every = 4
-        c.log_every = 4
+        common.tiny_minilm_tweets(c, num_steps=8, train_examples=128, eval_examples=32, eval_every=4, log_every=4)
         c.fast_start.warmup_steps = 1
         c.fast_start.scratch_learning_rates = (2e-4,)   # reuses the main scratch run
-        c.progress = False
-    elif arg not in (None, "", "default"):
-        raise ValueError(f"unknown config variant {arg!r}: use 'tiny' or nothing")
+    else:
+        common.check_variant(arg, "tiny")
     return c

@@ -12,6 +12,10 @@ torch.compile NaN (disabled: its first compile alone takes minutes here)."""
 
 import ml_collections
 
+from configs import common
+
+CHOICES = {"torch_device": ("auto", "cpu", "cuda")}
+
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
@@ -19,6 +23,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.batch_size = 16
     c.learning_rate = 1e-3
     c.weight_decay = 0.0
+    c.schedule = "constant"  # with no clipping: what torch.optim.AdamW does
+    c.clip_norm = None
     c.model = ml_collections.ConfigDict(dict(
         tokenizer="char", seq_len=128, hidden_size=256, num_layers=4, num_heads=4, intermediate_size=1024))
     c.rounds = 10          # timed steps per variant, alternating jit / torch eager / torch.compile (median)
@@ -36,6 +42,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         c.rounds = 3
         c.eager_steps = 1
         c.torch_compile = False  # inductor's first compile alone takes minutes on 2 loaded cores
-    elif arg not in (None, "", "default"):
-        raise ValueError(f"unknown config variant {arg!r}: use 'tiny' or nothing")
+    else:
+        common.check_variant(arg, "tiny")
     return c

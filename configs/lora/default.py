@@ -15,18 +15,14 @@ wiring only.
 
 import ml_collections
 
+from configs import common
+
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    c = ml_collections.ConfigDict()
-    c.seed = 0
-    c.num_layers = 6               # MiniLM's first `num_layers` layers (6 = all)
-    c.seq_len = 48
-    c.dropout = 0.1
-    c.batch_size = 32
+    c = common.minilm_tweets()
     c.num_steps = 150
     c.warmup_steps = 15
     c.optimizer = "adamw"
-    c.weight_decay = 0.01
     c.learning_rate = 5e-5         # full fine-tune: the usual BERT range
     c.lora_learning_rate = 1e-3    # adapters want a ~10-20x larger rate (LoRA/QLoRA papers)
     c.lora_rank = 8
@@ -39,28 +35,13 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.timing_rounds = 3
     c.train_examples = 6000        # a random subset of the 29,775 training tweets (0: all)
     c.eval_examples = 512          # a random subset of the 3,722 test tweets (0: all)
-    c.eval_batch_size = 64
     c.eval_every = 50
-    c.log_every = 10
     c.checkpoint_every = 0         # only the final state (an arm resumes from it)
-    c.progress = True
 
     if arg == "tiny":
-        c.num_layers = 2
-        c.seq_len = 32
-        c.batch_size = 8
-        c.num_steps = 6
-        c.warmup_steps = 1
-        c.memory_batch = 8
-        c.memory_seq_len = 32
-        c.remat_arms = ("qlora",)
-        c.timing_rounds = 1
-        c.train_examples = 256
-        c.eval_examples = 64
-        c.eval_batch_size = 32
-        c.eval_every = 0
-        c.log_every = 3
-        c.progress = False
-    elif arg not in (None, "", "default"):
-        raise ValueError(f"unknown config variant {arg!r}: use 'tiny' or nothing")
+        common.tiny_minilm_tweets(c, num_layers=2, seq_len=32, num_steps=6, memory_batch=8, memory_seq_len=32,
+                                  remat_arms=("qlora",), timing_rounds=1, train_examples=256, eval_examples=64,
+                                  eval_every=0, log_every=3)
+    else:
+        common.check_variant(arg, "tiny")
     return c

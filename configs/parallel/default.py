@@ -12,6 +12,8 @@ ranks pure data parallelism first, since it moves the fewest collective bytes in
 
 import ml_collections
 
+from configs import common
+
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
@@ -34,6 +36,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         c.lm.update(dict(seq_len=16, hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64))
         c.planner.update(dict(measure_top=2, steps=2, rounds=1))
         c.exhaustive.update(dict(steps=2, rounds=1))
-    elif arg not in (None, "", "default"):
-        raise ValueError(f"unknown config variant {arg!r}: use 'tiny' or nothing")
+    else:
+        common.check_variant(arg, "tiny")
     return c

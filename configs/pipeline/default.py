@@ -1,6 +1,6 @@
 """pipeline: brute-force references vs the lean pipeline on MiniLM and the tweets, every stage audited.
 
-    python -m leanjax.experiments.pipeline                                          # default: 10.7 min (make demo: 12.7 min with setup), quiet 2 cores
+    python -m leanjax.experiments.pipeline        # default: 10.7 min (make demo: 12.7 min with setup), quiet 2 cores
     python -m leanjax.experiments.pipeline --config configs/pipeline/default.py:tiny   # 89 s, quiet 2 cores
     make demo                                                                       # the default, from a fresh clone
 

@@ -13,24 +13,23 @@ is compilation (3 train steps and 3 eval steps per model) and MiniLM checkpoints
 
 import ml_collections
 
+from configs import common
+
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.models = ("cnn", "minilm")
     c.cnn = ml_collections.ConfigDict(dict(
-        seed=0, features=(32, 64), dense=128, dropout=0.3, batch_size=64, learning_rate=2e-3, dense_steps=600,
-        prune_steps=300, prune_learning_rate=5e-4, ramp_fraction=0.6, update_every=10, eval_batch_size=250,
-        throughput_batch=250, timing_rounds=5))
-    c.minilm = ml_collections.ConfigDict(dict(
-        seed=0, num_layers=6, seq_len=48, batch_size=32, learning_rate=5e-5, num_steps=60, train_examples=4096,
-        eval_examples=512, prune_steps=20, prune_learning_rate=5e-5, ramp_fraction=0.5, update_every=2,
-        eval_batch_size=64, throughput_batch=64, timing_rounds=3))
+        seed=0, features=(32, 64), dense=128, dropout=0.3, batch_size=64, learning_rate=2e-3, weight_decay=1e-4,
+        dense_steps=600, prune_steps=300, prune_learning_rate=5e-4, ramp_fraction=0.6, update_every=10,
+        eval_batch_size=250, throughput_batch=250, timing_rounds=5))
+    c.minilm = common.minilm_teacher(prune_steps=20, prune_learning_rate=5e-5, ramp_fraction=0.5, update_every=2,
+                                     eval_batch_size=64, throughput_batch=64, timing_rounds=3)
     if arg == "tiny":
         c.cnn.update(dict(features=(4, 8), dense=16, batch_size=32, dense_steps=20, prune_steps=6,
                           update_every=2, throughput_batch=100, timing_rounds=1))
-        c.minilm.update(dict(num_layers=1, seq_len=16, batch_size=8, num_steps=2, train_examples=32,
-                             eval_examples=16, prune_steps=2, update_every=1, eval_batch_size=16,
-                             throughput_batch=16, timing_rounds=1))
-    elif arg not in (None, "", "default"):
-        raise ValueError(f"unknown config variant {arg!r}: use 'tiny' or nothing")
+        common.tiny_minilm_teacher(c.minilm, train_examples=32, eval_examples=16, prune_steps=2, update_every=1,
+                                   eval_batch_size=16, throughput_batch=16, timing_rounds=1)
+    else:
+        common.check_variant(arg, "tiny")
     return c

@@ -14,41 +14,24 @@ with the earlier 2-layer, 5-step `:tiny`).
 
 import ml_collections
 
+from configs import common
+
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    c = ml_collections.ConfigDict()
-    c.seed = 0
-    c.num_layers = 6               # MiniLM's first `num_layers` layers (6 = all)
-    c.seq_len = 48
-    c.dropout = 0.1
-    c.batch_size = 32
+    c = common.minilm_tweets()
     c.num_steps = 150
     c.warmup_steps = 15
     c.learning_rate = 5e-5
-    c.weight_decay = 0.01
     c.int4_group_size = 128        # 64 would cost 0.14+ of f32 in scales alone; 384 and 1536 divide by 128
     c.train_examples = 6000
     c.eval_examples = 1024
-    c.eval_batch_size = 64
     c.timing_rounds = 5
     # int8_sweep: (batch, seq) shapes at which W8A8 and f32 serving are timed side by side.
     c.serve_shapes = ((8, 16), (64, 48), (256, 48), (64, 128))
-    c.log_every = 10
-    c.progress = True
 
     if arg == "tiny":
-        c.num_layers = 1
-        c.seq_len = 16
-        c.batch_size = 8
-        c.num_steps = 2
-        c.warmup_steps = 1
-        c.train_examples = 64
-        c.eval_examples = 64
-        c.eval_batch_size = 32
-        c.timing_rounds = 1
+        common.tiny_minilm_tweets(c, num_steps=2, train_examples=64, eval_examples=64, timing_rounds=1, log_every=5)
         c.serve_shapes = ((4, 8), (8, 16))
-        c.log_every = 5
-        c.progress = False
-    elif arg not in (None, "", "default"):
-        raise ValueError(f"unknown config variant {arg!r}: use 'tiny' or nothing")
+    else:
+        common.check_variant(arg, "tiny")
     return c

@@ -10,6 +10,8 @@ Tiny: every headline key; `nothing.memory_ratio` ~0.49, `auto.max_batch_ratio` ~
 
 import ml_collections
 
+from configs import common
+
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
@@ -44,6 +46,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         c.max_batch_limit = 16
         c.whatif = False  # four more compiles; the default run reports it
         c.depth_trend = (4,)
-    elif arg not in (None, "", "default"):
-        raise ValueError(f"unknown config variant {arg!r}: use 'tiny' or nothing")
+    else:
+        common.check_variant(arg, "tiny")
     return c

@@ -15,6 +15,8 @@ population of 8 vmapped small CNNs trains >= 2x faster than the same 8 trials on
 
 import ml_collections
 
+from configs import common
+
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
@@ -62,6 +64,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         c.population.n = 4
         c.population.num_steps = 20   # = num_steps: the population benchmark reuses the studies' compiled steps
         c.population.large_num_steps = 0
-    elif arg not in (None, "", "default"):
-        raise ValueError(f"unknown config variant {arg!r}: use 'tiny' or nothing")
+    else:
+        common.check_variant(arg, "tiny")
     return c

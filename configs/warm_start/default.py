@@ -1,6 +1,6 @@
 """warm_start: a word-level tweet-sentiment model with GloVe 6B-50d embeddings vs random ones, 3 seeds.
 
-    python -m leanjax.experiments.warm_start                                     # 9 runs x 600 steps: 29.5 min, load 2-7
+    python -m leanjax.experiments.warm_start                                    # 9 runs x 600 steps: 29.5 min, load 2-7
     python -m leanjax.experiments.warm_start --config configs/warm_start/default.py:tiny   # 29 s, quiet 2 cores
 
 Model: 10,000-word vocabulary (+[PAD], [UNK]) from the train split, width 50 (GloVe's, so no
@@ -12,6 +12,8 @@ Goal (default): warm-start speedup >= 2. Measured: missed, GloVe slower than ran
 """
 
 import ml_collections
+
+from configs import common
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -55,6 +57,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         c.eval_batch_size = 128
         c.eval_every = 5
         c.few_labels.update(dict(train_examples=200, num_steps=10, eval_every=5, eval_examples=128))
-    elif arg not in (None, "", "default"):
-        raise ValueError(f"unknown config variant {arg!r}: use 'tiny' or nothing")
+    else:
+        common.check_variant(arg, "tiny")
     return c

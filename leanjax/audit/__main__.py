@@ -26,7 +26,7 @@ from pathlib import Path
 from leanjax.audit import interventions
 from leanjax.audit.hardware import measure_peak_flops
 from leanjax.audit.prices import PriceTable
-from leanjax.audit.whatif import Unavailable, WhatIf, what_if_table
+from leanjax.audit.whatif import WhatIf, what_if_table
 from leanjax.experiments._audit import subject
 from leanjax.experiments._launch import ConfigError, apply_override, load_config
 

@@ -16,10 +16,11 @@ from typing import Any
 
 import jax
 
-from leanjax.audit.hardware import Peak, Timing, UnknownDevice, measure_peak_flops, published_peak, time_step
+from leanjax.audit.hardware import Peak, UnknownDevice, measure_peak_flops, published_peak
 from leanjax.audit.hlo import HloAnalysis, analyze
 from leanjax.audit.prices import Dollars, PriceTable
 from leanjax.audit.table import audit_table
+from leanjax.audit.timing import Timing, time_step
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,21 +1,21 @@
 """The device side of an audit: what a chip can do, and how long a step takes on it.
 
 Owns the table of published dense peaks, the matmul micro-benchmark that measures the peak in the
-same run, step timing, and MFU/HFU. A device kind without a published peak is refused rather than
-guessed: pass a measured peak for it (CPUs always need one).
+same run, and MFU/HFU (step timing lives in `leanjax.audit.timing`). A device kind without a published
+peak is refused rather than guessed: pass a measured peak for it (CPUs always need one).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import re
-import statistics
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from leanjax.audit.timing import time_step
 
 # Families, matched in order against `jax.Device.device_kind` (lower-cased). The kinds are what
 # JAX reports, e.g. "TPU v5 lite", "TPU v6 lite", "NVIDIA H100 80GB HBM3", "NVIDIA H200", "cpu".
@@ -90,55 +90,6 @@ def peak_flops(device_kind: str, dtype: str = "bfloat16", *, measured: Peak | fl
     if measured is not None:
         return measured if isinstance(measured, Peak) else Peak(float(measured), "given")
     return published_peak(device_kind, dtype)
-
-
-# --------------------------------------------------------------------------------------------
-# Timing
-
-
-@dataclasses.dataclass(frozen=True)
-class Timing:
-    """Per-call wall times after warm-up; each call waited for with `block_until_ready`."""
-
-    median_s: float
-    min_s: float
-    iters: int
-
-    @classmethod
-    def from_times(cls, times: Sequence[float]) -> Timing:
-        return cls(statistics.median(times), min(times), len(times))
-
-
-def _fresh(tree):
-    return jax.tree.map(lambda x: x.copy() if isinstance(x, jax.Array) else x, tree)
-
-
-def _any_deleted(tree) -> bool:
-    return any(x.is_deleted() for x in jax.tree.leaves(tree) if isinstance(x, jax.Array))
-
-
-def time_step(fn: Callable, *args, warmup: int = 2, iters: int = 10, **kwargs) -> Timing:
-    """Times `fn(*args, **kwargs)`: median of `iters` calls after `warmup` calls (compilation).
-
-    The caller's arrays are never consumed. If `fn` donates its inputs (a train step donating its
-    state), each call gets a fresh copy of the arguments, made outside the timed region: this
-    holds a second copy of the donated arguments in memory while timing.
-    """
-    if iters < 1:
-        raise ValueError(f"iters must be >= 1, got {iters}")
-    # The first call runs on a copy, which tells whether `fn` donates (the copy is then deleted).
-    probe = _fresh((args, kwargs))
-    jax.block_until_ready(fn(*probe[0], **probe[1]))
-    donates = _any_deleted(probe)
-    times = []
-    for k in range(max(warmup - 1, 0) + iters):
-        a, kw = _fresh((args, kwargs)) if donates else (args, kwargs)
-        jax.block_until_ready((a, kw))
-        start = time.perf_counter()
-        jax.block_until_ready(fn(*a, **kw))
-        if k >= max(warmup - 1, 0):
-            times.append(time.perf_counter() - start)
-    return Timing.from_times(times)
 
 
 def _default_sizes(platform: str) -> tuple[int, ...]:

@@ -63,7 +63,8 @@ def w8a8_split(x: jax.Array, kernel: jax.Array, *, rounds: int = 3, iters: int =
     }
     t = _alternate(fns, rounds, iters)
     rest = max(t["w8a8_layer"] - t["quantize_activations"] - t["int8_dot"], 0.0)
-    return {**t, "rescale_outputs": rest, "int8_dot_speedup": t["f32_dot"] / t["int8_dot"], "layer_speedup": t["f32_dot"] / t["w8a8_layer"]}
+    return {**t, "rescale_outputs": rest, "int8_dot_speedup": t["f32_dot"] / t["int8_dot"],
+            "layer_speedup": t["f32_dot"] / t["w8a8_layer"]}
 
 
 def shape_sweep(arms: dict[str, tuple[Callable, object]], make_inputs: Callable[[int, int], tuple],

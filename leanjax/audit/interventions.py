@@ -1,10 +1,11 @@
 """The standard what-if interventions: each builds the transformed step of a `Subject` and audits it.
 
 A subject is a model's loss and serving function with its params, optimizer and one batch of each
-kind. Param-tree interventions (LoRA, QLoRA, int8/int4 weights) use `leanjax.transforms` and work on
-any subject; configuration interventions (remat policy, bf16 compute) need `Subject.rebuild`, which
-raises `Unavailable` for a model without that option. Interventions that leanjax does not have yet
-raise `Unavailable` saying so.
+kind. Param-tree interventions (LoRA, QLoRA, magnitude pruning, int8/int4 weights) use
+`leanjax.transforms` and work on any subject; configuration interventions (remat policy, bf16 compute)
+need `Subject.rebuild`, which raises `Unavailable` for a model without that option. A distilled student
+is another, smaller model that the experiment defines (`leanjax.transforms.distill` gives its losses):
+its row is `Unavailable` here, saying so.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from collections.abc import Callable
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import optax
 
 from leanjax import transforms
@@ -116,12 +118,18 @@ def quantized_serving(subject: Subject, bits: int, **audit_kw) -> Audit:
     return audit_serve(subject, f"int{bits} weights", params, **audit_kw)
 
 
-def pruning(subject: Subject, **audit_kw) -> Audit:
-    raise Unavailable("leanjax has no pruning transform yet")
+def pruning(subject: Subject, sparsity: float = 0.5, **audit_kw) -> Audit:
+    """Fine-tune with `sparsity` of every matmul weight pruned by magnitude (`transforms.keep_masks`: the masks
+    live in the optimizer state, pruned weights stay zero). The step stays dense, so its FLOPs do not fall and
+    the masks add memory: pruning pays at serving time, 2:4-packed or compacted (the `prune` experiment)."""
+    masks = transforms.magnitude(subject.targets)(subject.params, jnp.asarray(sparsity, jnp.float32))
+    pruned = dataclasses.replace(subject, tx=transforms.keep_masks(subject.tx, masks))
+    return audit_train(pruned, f"pruned {sparsity:.0%}", transforms.apply_masks(subject.params, masks), **audit_kw)
 
 
 def distilled_student(subject: Subject, **audit_kw) -> Audit:
-    raise Unavailable("leanjax has no distillation loss yet")
+    raise Unavailable("a distilled student is a smaller model the experiment defines (see the distill "
+                      "experiment; losses in leanjax.transforms.distill); no generic row")
 
 
 def _unless_unchanged(row: WhatIf, baseline: Audit) -> WhatIf:

@@ -22,15 +22,14 @@ Peak memory is assumed to grow with the batch, which holds for a train step.
 from __future__ import annotations
 
 import dataclasses
-import statistics
-import time
-from collections.abc import Callable, Hashable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
 
 from leanjax.audit.compiled import Memory
 from leanjax.audit.hlo import analyze
+from leanjax.audit.timing import time_interleaved
 from leanjax.models.remat import validate_policy_name
 
 # build_step(policy, batch) -> (jitted step, its arguments). `batch=None` means the builder's own batch.
@@ -96,36 +95,6 @@ def _candidate(compiled: jax.stages.Compiled, policy: str, batch: int | None) ->
     return Candidate(policy, batch, Memory.of(compiled).peak, analyze(compiled.as_text()).flops)
 
 
-def _fresh(tree):
-    # Train steps donate their state: every call gets its own copy, made outside the timed region.
-    return jax.tree.map(lambda x: x.copy() if isinstance(x, jax.Array) else x, tree)
-
-
-def time_interleaved(runs: Mapping[Hashable, tuple[Callable, tuple]], *, rounds: int = 5,
-                     warmup: int = 1) -> dict[Hashable, float]:
-    """Median seconds per call of each `fn(*args)`, calling them in turn, round after round.
-
-    Alternating (rather than timing one program after another) makes a load that comes and goes on a
-    shared machine slow every program alike, so their ratios stay meaningful.
-    """
-    if rounds < 1:
-        raise ValueError(f"rounds must be >= 1, got {rounds}")
-    for key, (_, args) in runs.items():
-        if any(isinstance(leaf, jax.ShapeDtypeStruct) for leaf in jax.tree.leaves(args)):
-            raise ValueError(f"cannot time {key!r}: its arguments are abstract (jax.ShapeDtypeStruct); "
-                             "give concrete arrays, or rank without timing")
-    times: dict[Hashable, list[float]] = {key: [] for key in runs}
-    for r in range(warmup + rounds):
-        for key, (fn, args) in runs.items():
-            fresh = _fresh(args)
-            jax.block_until_ready(fresh)
-            start = time.perf_counter()
-            jax.block_until_ready(fn(*fresh))
-            if r >= warmup:
-                times[key].append(time.perf_counter() - start)
-    return {key: statistics.median(t) for key, t in times.items()}
-
-
 def measure(build_step: StepBuilder, policies: Sequence[str], batch: int | None = None, *,
             timing: bool = True, rounds: int = 5) -> tuple[Candidate, ...]:
     """Every policy's compiled step at `batch`: peak memory, FLOPs and, with `timing`, step time."""
@@ -134,7 +103,7 @@ def measure(build_step: StepBuilder, policies: Sequence[str], batch: int | None 
     table = [_candidate(c, p, batch) for p, (c, _) in compiled.items()]
     if not timing:
         return tuple(table)
-    times = time_interleaved(compiled, rounds=rounds)
+    times = time_interleaved(compiled, repeats=rounds)
     return tuple(dataclasses.replace(c, step_time_s=times[c.policy]) for c in table)
 
 
@@ -218,7 +187,7 @@ def choose_remat(build_step: StepBuilder, policies: Sequence[str], budget_bytes:
                 break
         table.append(candidate)  # the fitting batch, or the smallest tried when none fits
     if timing and compiled:
-        times = time_interleaved(compiled, rounds=rounds)
+        times = time_interleaved(compiled, repeats=rounds)
         table = [dataclasses.replace(c, step_time_s=times.get(c.policy)) for c in table]
     return pick(table, budget_bytes)
 

@@ -5,8 +5,24 @@ can serve the weights module and the launcher cheaply.
 """
 
 from leanjax.data.assets import MissingAssetError, asset_path
+from leanjax.data.curriculum import (
+    CurriculumSampler,
+    competence,
+    difficulty_order,
+    length_schedule,
+    random_order,
+    split_windows,
+)
 from leanjax.data.lm import LMWindows, lm_source
 from leanjax.data.pipeline import batches, eval_batches
+from leanjax.data.sampling import (
+    holdout_split,
+    infobatch_plan,
+    plan_batches,
+    random_subset,
+    select_by_score,
+    semantic_dedup,
+)
 from leanjax.data.source import (
     ArraySource,
     DatasetNotFoundError,
@@ -23,22 +39,6 @@ from leanjax.data.tokenizers import (
     text_classification_source,
 )
 
-from leanjax.data.curriculum import (
-    CurriculumSampler,
-    competence,
-    difficulty_order,
-    length_schedule,
-    random_order,
-    split_windows,
-)
-from leanjax.data.sampling import (
-    infobatch_plan,
-    plan_batches,
-    random_subset,
-    select_by_score,
-    semantic_dedup,
-)
-
 __all__ = [
     "ArraySource",
     "CharVocab",
@@ -49,6 +49,7 @@ __all__ = [
     "asset_path",
     "competence",
     "difficulty_order",
+    "holdout_split",
     "infobatch_plan",
     "length_schedule",
     "plan_batches",

@@ -16,6 +16,8 @@ import math
 
 import numpy as np
 
+from leanjax.data.source import ArraySource
+
 MODES = ("hardest", "easiest", "middle")
 
 
@@ -55,6 +57,28 @@ def random_subset(num_examples: int, fraction: float, seed: int,
     kept = [rng.choice(ids, _num_kept(len(ids), fraction), replace=False)
             for ids in (np.flatnonzero(labels == c) for c in np.unique(labels))]
     return np.sort(np.concatenate(kept))
+
+
+def holdout_split(source, size: int, seed: int):
+    """A seeded random held-out slice of `source` (e.g. a validation set out of a training split).
+
+    Drawn by seed rather than sliced, so the held-out set changes with the seed.
+
+    Args:
+      source: a random-access source of dict examples of equal-shape arrays (`len`, `[i]`).
+      size: examples held out.
+      seed: the draw.
+
+    Returns:
+      `(rest, held_out)`: two `ArraySource`s, `len(source) - size` and `size` examples, disjoint.
+    """
+    if not 0 < size < len(source):
+        raise ValueError(f"holdout size {size} must be between 0 and the {len(source)} examples, exclusive")
+    examples = [source[i] for i in range(len(source))]
+    arrays = {k: np.stack([np.asarray(e[k]) for e in examples]) for k in examples[0]}
+    order = np.random.default_rng(seed).permutation(len(examples))
+    return (ArraySource({k: v[order[size:]] for k, v in arrays.items()}),
+            ArraySource({k: v[order[:size]] for k, v in arrays.items()}))
 
 
 def infobatch_plan(scores: np.ndarray, prune_ratio: float, rng: np.random.Generator, *,

@@ -36,6 +36,7 @@ from leanjax.experiments._launch import apply_override, config_optimizer
 from leanjax.state import TrainState
 from leanjax.step import make_train_step
 
+
 def _keys_named(config: ml_collections.ConfigDict, name: str, prefix: str = "") -> list[str]:
     found = []
     for key, value in config.items():

@@ -10,10 +10,15 @@ A `:tiny` config variant checks the wiring at tiny shapes, so its time is XLA co
 LLVM at -O0 (`XLA_FLAGS=--xla_backend_optimization_level=0`, 3-6x faster compiles of CPU programs; unless
 XLA_FLAGS already sets a level). Its step times and throughput ratios are then not meaningful.
 
-Unknown keys, values of the wrong type and missing files are errors that name the key and suggest the
-closest valid ones. The experiment's `run(config, workdir) -> (metrics, headline)` does the work; this
-module times it and writes summary.json. `config_optimizer(config)` is the optimizer that a config's
-`optimizer` / `learning_rate` / `warmup_steps` / `weight_decay` / `num_steps` keys describe.
+Unknown keys, values of the wrong type, values outside a key's choices and missing files are errors that
+name the key and suggest the closest valid ones: one line, no traceback. A config file declares the choices
+of its keys in a module-level `CHOICES = {"task": ("cnn", "lm"), ...}` (dotted keys; a tuple-valued key
+checks each element); `optimizer` and `schedule` keys are checked wherever they appear. An experiment that
+finds a bad value later raises `ConfigError`, which reads the same.
+
+The experiment's `run(config, workdir) -> (metrics, headline)` does the work; this module times it and
+writes summary.json. `config_optimizer(config)` is the optimizer that a config's `optimizer` /
+`learning_rate` / `warmup_steps` / `weight_decay` / `num_steps` / `schedule` / `clip_norm` keys describe.
 """
 
 from __future__ import annotations
@@ -54,7 +59,11 @@ def _default_audit(run: Callable) -> Callable | None:
 
 
 class ConfigError(ValueError):
-    pass
+    """A bad config key or value: printed as one line (`error: ...`), exit status 2 before the run, 1 during."""
+
+
+# Checked wherever a config has these keys (the names `leanjax.optim.make_optimizer` accepts).
+COMMON_CHOICES = {"optimizer": ("adamw", "adam", "adafactor", "sgd"), "schedule": ("cosine", "linear", "constant")}
 
 
 # Errors whose message is the whole story (missing asset/dataset: FileNotFoundError subclasses).
@@ -64,19 +73,29 @@ _USER_ERRORS = (ConfigError, FileNotFoundError, DatasetNotFoundError, Incompatib
 
 def load_config(spec: str) -> ml_collections.ConfigDict:
     """Load `path/to/default.py[:arg]` and call its `get_config(arg)`."""
+    return _load(spec)[0]
+
+
+def _load(spec: str) -> tuple[ml_collections.ConfigDict, dict]:
+    """`(get_config(arg), the file's CHOICES)` of `path/to/default.py[:arg]`."""
     path, _, arg = spec.partition(":")
     file = Path(path)
     if not file.is_file() and (REPO_ROOT / path).is_file():
         file = REPO_ROOT / path
     if not file.is_file():
         raise ConfigError(f"config file not found: {path}")
+    if str(REPO_ROOT) not in sys.path:  # config files share `configs/common.py` (`from configs import common`)
+        sys.path.append(str(REPO_ROOT))
     module_spec = importlib.util.spec_from_file_location(f"_leanjax_config_{file.parent.name}", file)
     module = importlib.util.module_from_spec(module_spec)
     module_spec.loader.exec_module(module)
     if not hasattr(module, "get_config"):
         raise ConfigError(f"{file} defines no get_config(arg)")
-    config = module.get_config(arg or None) if arg else module.get_config()
-    return config
+    try:
+        config = module.get_config(arg or None) if arg else module.get_config()
+    except ValueError as e:  # an unknown `:variant`
+        raise ConfigError(f"{path}: {e}") from None
+    return config, dict(getattr(module, "CHOICES", {}))
 
 
 def _keys(config: ml_collections.ConfigDict, prefix: str = "") -> list[str]:
@@ -139,18 +158,62 @@ def apply_override(config: ml_collections.ConfigDict, key: str, text: str) -> No
         raise ConfigError(f"config.{key}: {e}") from None
 
 
-def config_optimizer(config: ml_collections.ConfigDict, *, learning_rate: float | None = None,
-                     num_steps: int | None = None):
-    """`make_optimizer` from the config's `optimizer` (default 'adamw'), `learning_rate`, `warmup_steps`,
-    `weight_decay` and `num_steps` (the schedule's total), those it has; `learning_rate` and `num_steps`
-    given here replace the config's."""
-    options = {k: config[k] for k in ("learning_rate", "warmup_steps", "weight_decay") if k in config}
-    if learning_rate is not None:
-        options["learning_rate"] = learning_rate
-    total = num_steps or config.get("num_steps")
-    if total:
-        options["total_steps"] = total
-    return make_optimizer(config.get("optimizer", "adamw"), **options)
+_OPTIMIZER_KEYS = ("learning_rate", "num_steps", "warmup_steps", "weight_decay", "schedule", "clip_norm")
+
+
+def check_choices(config: ml_collections.ConfigDict, choices: dict[str, tuple]) -> None:
+    """Raise `ConfigError` naming the key when a value is not one of its choices.
+
+    Args:
+      config: the config, after overrides.
+      choices: dotted key -> allowed values (a tuple/list value must hold allowed values only); keys named
+        in `COMMON_CHOICES` are checked at any depth.
+    """
+    keys = _keys(config)
+    checks = dict(choices)
+    for key in keys:
+        leaf = key.rsplit(".", 1)[-1]
+        if leaf in COMMON_CHOICES and key not in checks:
+            checks[key] = COMMON_CHOICES[leaf]
+    for key, allowed in checks.items():
+        if key not in keys:
+            raise ConfigError(f"CHOICES names config.{key}, which this config does not have")
+        node = config
+        for part in key.split("."):
+            node = node[part]
+        values = node if isinstance(node, (tuple, list)) else (node,)
+        for value in values:
+            if value not in allowed:
+                close = difflib.get_close_matches(str(value), [str(a) for a in allowed], n=1, cutoff=0.5)
+                hint = f"; did you mean {close[0]!r}?" if close else ""
+                raise ConfigError(f"config.{key}={value!r} is not one of {', '.join(map(repr, allowed))}{hint}")
+
+
+def config_optimizer(config: ml_collections.ConfigDict, *, inject_learning_rate: bool = False, **overrides):
+    """The one way an experiment builds its optimizer: `leanjax.optim.make_optimizer` from the config.
+
+    Args:
+      config: a config (or sub-config) with `optimizer` (default 'adamw') and those of `learning_rate`,
+        `num_steps` (the schedule's total), `warmup_steps`, `weight_decay`, `schedule`, `clip_norm` it has;
+        the others keep `make_optimizer`'s defaults.
+      inject_learning_rate: build the schedule with a unit peak and hold the peak rate in the optimizer
+        state (`learning_rate_scale`, set to the config's rate), so runs at different rates share one
+        compiled step and change it with `leanjax.optim.set_hyperparams(state, learning_rate_scale=...)`.
+      **overrides: values that replace the config's, for the keys above (e.g. a second arm's
+        `learning_rate=config.student_learning_rate`, `num_steps=config.student_steps`).
+
+    Returns:
+      An `optax.GradientTransformation` with injected hyperparameters.
+    """
+    unknown = sorted(set(overrides) - set(_OPTIMIZER_KEYS))
+    if unknown:
+        raise TypeError(f"config_optimizer: unknown option(s) {unknown}; use {list(_OPTIMIZER_KEYS)}")
+    values = {k: config[k] for k in _OPTIMIZER_KEYS if k in config}
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    options = {k: v for k, v in values.items() if k != "num_steps"}
+    if values.get("num_steps"):
+        options["total_steps"] = values["num_steps"]
+    return make_optimizer(config.get("optimizer", "adamw"), inject_learning_rate=inject_learning_rate, **options)
 
 
 FAST_COMPILE_FLAG = "--xla_backend_optimization_level=0"
@@ -174,7 +237,7 @@ def parse_args(name: str, argv: list[str]) -> tuple[ml_collections.ConfigDict, s
     parser.add_argument("--audit", action="store_true", help="compile and report cost; no training")
     parser.add_argument("--mode", default="train", help="train, or a mode the experiment defines")
     args, rest = parser.parse_known_args(argv)
-    config = load_config(args.config)
+    config, choices = _load(args.config)
     for item in rest:
         if not item.startswith("--config."):
             raise ConfigError(f"unrecognised argument {item!r}; overrides look like --config.key=value")
@@ -182,6 +245,7 @@ def parse_args(name: str, argv: list[str]) -> tuple[ml_collections.ConfigDict, s
         if not eq:
             raise ConfigError(f"override {item!r} has no value: use --config.{key}=VALUE")
         apply_override(config, key, value)
+    check_choices(config, choices)
     workdir = args.workdir or str(REPO_ROOT / "runs" / name / time.strftime("%Y%m%d-%H%M%S"))
     return config, workdir, args
 

@@ -1,5 +1,7 @@
-"""Shared by the `prune` and `distill` experiments: all-MiniLM-L6-v2 fine-tuned on tweet sentiment once,
-cached in the experiment's workdir, plus timing and evaluation helpers for side-by-side arms.
+"""The home of MiniLM for the experiments (finetune, lora, quantize, prune, distill, warm_start, pipeline):
+all-MiniLM-L6-v2 as a 3-way tweet-sentiment classifier, the tweet subsets, the LoRA/QLoRA arms and the int8/int4
+serving arms, a fine-tune cached in the experiment's workdir, and timing and evaluation helpers for
+side-by-side arms. Experiments import these from here, never from each other.
 
 The fine-tuning run is the canonical `fit` in `<workdir>/teacher`; its final checkpoint *is* the cache:
 running the experiment again with the same workdir resumes at the last step and trains nothing.
@@ -10,21 +12,25 @@ from __future__ import annotations
 import dataclasses
 import functools
 import os
-import statistics
 
 import jax
+import numpy as np
 from flax import nnx
 
-from leanjax import data, losses
-from leanjax.audit import time_step
+from leanjax import data, losses, transforms
+from leanjax.audit import time_interleaved
+from leanjax.experiments import _launch
 from leanjax.models import SequenceClassifier, functional
-from leanjax.optim import make_optimizer
 from leanjax.state import TrainState
 from leanjax.step import evaluate, make_eval_step, make_train_step
 from leanjax.train import fit
 from leanjax.weights import load_pretrained
 
 INPUTS = ("input_ids", "attention_mask")
+ADAPTER_ARMS = ("full", "lora", "qlora")
+KERNELS = r".*kernel"
+ENCODER_KERNELS = r"encoder/layers/.*kernel"
+EMBEDDINGS = r"encoder/embeddings/(word|position)/embedding"
 
 
 class Preempted(Exception):
@@ -43,7 +49,17 @@ def _split(name: str, examples: int) -> str:
     return f"{name}[:{examples}]" if examples else name
 
 
-def tweets(tokenizer, seq_len: int, train_examples: int, eval_examples: int):
+def tweets(split: str, examples: int, seed: int) -> list[dict]:
+    """A fixed random subset of `examples` tweets of `split` (0: all), read in one batch, drawn by seed
+    so that every class is represented whatever the stored order."""
+    source = data.load("tweets", split)
+    rows = range(len(source))
+    if examples and examples < len(source):
+        rows = np.sort(np.random.default_rng(seed).permutation(len(source))[:examples]).tolist()
+    return source.__getitems__(rows)
+
+
+def tweet_sources(tokenizer, seq_len: int, train_examples: int, eval_examples: int):
     """Tokenized tweet train / test sources (the first N examples of each split; 0: all)."""
     train = data.text_classification_source(data.load("tweets", _split("train", train_examples)), tokenizer, seq_len)
     test = data.text_classification_source(data.load("tweets", _split("test", eval_examples)), tokenizer, seq_len)
@@ -57,7 +73,7 @@ def classifier(num_layers: int, *, dropout: float, seed: int):
     pretrained = load_pretrained("minilm", model_cls=SequenceClassifier, model_kwargs={"num_labels": 3},
                                  config_overrides={"dropout": dropout}, seed=seed)
     if not 1 <= num_layers <= pretrained.config.num_layers:
-        raise ValueError(f"config.num_layers={num_layers}: MiniLM has {pretrained.config.num_layers}")
+        raise _launch.ConfigError(f"config.num_layers={num_layers}: MiniLM has {pretrained.config.num_layers}")
     config = dataclasses.replace(pretrained.config, num_layers=num_layers)
     apply_fn, fresh = functional(SequenceClassifier(config, 3, rngs=nnx.Rngs(seed)))
     _, weights = functional(pretrained.model)
@@ -65,24 +81,75 @@ def classifier(num_layers: int, *, dropout: float, seed: int):
     return pretrained, config, apply_fn, fresh, {"encoder": encoder, "classifier": fresh["classifier"]}
 
 
-def minilm(c):
+def minilm_and_tweets(c):
     """`(model_config, apply_fn, params, tokenizer, train, test)`: MiniLM's first `c.num_layers` layers
     with a fresh 3-way head (not yet fine-tuned), and `c.train_examples` / `c.eval_examples` tweets."""
     pretrained, config, apply_fn, _, params = classifier(c.num_layers, dropout=0.1, seed=c.seed)
-    train, test = tweets(pretrained.tokenizer, c.seq_len, c.train_examples, c.eval_examples)
+    train, test = tweet_sources(pretrained.tokenizer, c.seq_len, c.train_examples, c.eval_examples)
     return config, apply_fn, params, pretrained.tokenizer, train, test
 
 
+def minilm(config, *, scan_layers: bool):
+    """`(model_config, params, tokenizer)`: MiniLM's first `config.num_layers` layers with a fresh 3-way
+    head, its layers stacked for one `lax.scan` when `scan_layers`."""
+    pretrained = load_pretrained("minilm", model_cls=SequenceClassifier, model_kwargs={"num_labels": 3},
+                                 config_overrides={"dropout": config.dropout}, scan_layers=scan_layers,
+                                 seed=config.seed)
+    n = config.num_layers
+    if not 1 <= n <= pretrained.config.num_layers:
+        raise _launch.ConfigError(f"config.num_layers={n}: MiniLM has {pretrained.config.num_layers}")
+    _, params = functional(pretrained.model)
+    layers = params["encoder"]["layers"]
+    layers = jax.tree.map(lambda x: x[:n], layers) if scan_layers else {i: layers[i] for i in range(n)}
+    params = {**params, "encoder": {**params["encoder"], "layers": layers}}
+    return dataclasses.replace(pretrained.config, num_layers=n), params, pretrained.tokenizer
+
+
+def apply_fn_for(model_config, **options):
+    """The pure `apply_fn` of a `SequenceClassifier` with `options` (e.g. remat) set; builds no params."""
+    abstract = nnx.eval_shape(lambda: SequenceClassifier(dataclasses.replace(model_config, **options), 3,
+                                                         rngs=nnx.Rngs(0)))
+    return functional(abstract)[0]
+
+
+def arm_params(params, arm: str, *, rank: int, alpha: float, group_size: int, seed: int):
+    """`(params, trainable mask)` of one of `ADAPTER_ARMS`: `full` trains every weight; `lora` adds rank-r
+    adapters (https://arxiv.org/abs/2106.09685) to every encoder kernel; `qlora` the same over an NF4 base
+    (https://arxiv.org/abs/2305.14314), embeddings in NF4 too. Adapter arms train the adapters and the head
+    only."""
+    if arm == "full":
+        return params, transforms.trainable(params)
+    if arm not in ADAPTER_ARMS:
+        raise ValueError(f"unknown arm {arm!r}: use one of {ADAPTER_ARMS}")
+    if arm == "qlora":
+        params = transforms.quantize(params, ENCODER_KERNELS, bits=4, scheme="nf4", group_size=group_size)
+        # The embeddings are half of MiniLM: frozen f32 they would dominate QLoRA's memory.
+        params = transforms.quantize(params, EMBEDDINGS, bits=4, scheme="nf4", group_size=group_size, axis=-1)
+    params = transforms.lora(params, ENCODER_KERNELS, rank=rank, alpha=alpha, key=jax.random.key(seed))
+    mask = transforms.trainable(params, freeze_plain=True)
+    mask["classifier"] = jax.tree.map(lambda _: True, mask["classifier"])
+    return params, mask
+
+
+def quantized(params, bits: int, group_size: int | None, *, serve: bool):
+    """Kernels and word/position embeddings in `bits`-bit integers (embeddings per row); kernels served as
+    W8A8 / W4A8 (`transforms.serve_int8`) when `serve`, else dequantizing the weight in each matmul."""
+    params = transforms.quantize(params, KERNELS, bits=bits, group_size=group_size)
+    params = transforms.quantize(params, EMBEDDINGS, bits=bits, group_size=group_size, axis=-1)
+    return transforms.serve_int8(params, KERNELS) if serve else params
+
+
 def optimizer(c):
-    """The fine-tuning optimizer: AdamW at `c.learning_rate` over `c.num_steps` steps."""
-    return make_optimizer("adamw", learning_rate=c.learning_rate, total_steps=c.num_steps,
-                          warmup_steps=max(c.num_steps // 10, 1), weight_decay=0.01)
+    """The fine-tuning optimizer (`_launch.config_optimizer`): `c.learning_rate` over `c.num_steps` steps,
+    a tenth of them warmup, weight decay 0.01 unless `c` sets them."""
+    return _launch.config_optimizer(c, warmup_steps=c.get("warmup_steps", max(c.num_steps // 10, 1)),
+                                    weight_decay=c.get("weight_decay", 0.01))
 
 
 def finetuned_minilm(c, workdir: str, *, progress: bool = False):
-    """`minilm(c)` fine-tuned for `c.num_steps` steps (`optimizer(c)`), cached in `workdir` (see module
+    """`minilm_and_tweets(c)` fine-tuned for `c.num_steps` steps (`optimizer(c)`), cached in `workdir` (see module
     docstring)."""
-    config, apply_fn, params, tokenizer, train, test = minilm(c)
+    config, apply_fn, params, tokenizer, train, test = minilm_and_tweets(c)
     tx = optimizer(c)
     state = TrainState.create(params, tx, jax.random.key(c.seed))
     step = make_train_step(losses.classification_loss(apply_fn, inputs=INPUTS), tx)
@@ -106,16 +173,10 @@ def accuracy(apply_fn, params, source, batch_size: int, inputs) -> float:
 def throughput_ratios(arms: dict, batch: tuple, *, rounds: int = 5, iters: int = 3) -> dict[str, float]:
     """Examples/s of each `(fn, params)` arm relative to the first, timed alternately in `rounds` rounds
     (median of each arm's per-round medians), so load on the shared machine hits every arm alike."""
-    names = list(arms)
-    times = {n: [] for n in names}
-    compiled = {n: jax.jit(fn) for n, (fn, _) in arms.items()}
-    for n in names:  # compile outside the timed rounds
-        jax.block_until_ready(compiled[n](arms[n][1], *batch))
-    for _ in range(rounds):
-        for n in names:
-            times[n].append(time_step(compiled[n], arms[n][1], *batch, warmup=1, iters=iters).median_s)
-    base = statistics.median(times[names[0]])
-    return {n: base / statistics.median(times[n]) for n in names}
+    times = time_interleaved({n: (jax.jit(fn), (params, *batch)) for n, (fn, params) in arms.items()},
+                             repeats=rounds, iters=iters)
+    base = times[next(iter(arms))]
+    return {n: base / t for n, t in times.items()}
 
 
 def ensure_dir(*parts: str) -> str:

@@ -7,10 +7,9 @@ pipeline measured (`leanjax.experiments.pipeline`); nothing here computes a cost
 
 from __future__ import annotations
 
-import base64
-import html
 import io
-import os
+
+from leanjax.train.report import write_report
 
 _MIB = 2**20
 _STAGE_COLORS = {"tokens": "C4", "tune": "C2", "lean": "C0", "distill": "C1"}
@@ -145,7 +144,8 @@ def _tables(stages: dict, headline: dict, breakdown: dict, goals: dict) -> list[
               f"{tok['wall_s']:.0f} s", _usd(tok["usd"])],
              ["tune", f"TPE + Hyperband, {tun['n_trials']} trials on a {tun['proxy_layers']}-layer QLoRA proxy; "
               f"best lr {tun['best_learning_rate']:.2e}" + ("; EL2N scores of the pool" if tun["score_flops"] else ""),
-              f"{tun['pruned']} trial{'' if tun['pruned'] == 1 else 's'} pruned: {tun['steps']} of {tun['full_budget_steps']} trial steps; "
+              f"{tun['pruned']} trial{'' if tun['pruned'] == 1 else 's'} pruned: "
+              f"{tun['steps']} of {tun['full_budget_steps']} trial steps; "
               f"{breakdown['lean_flops']['tune'] / brute['train_flops']:.3f} x brute's FLOPs",
               f"{tun['wall_s']:.0f} s", _usd(tun["usd"])],
              ["lean", f"QLoRA (NF4 + rank-r LoRA), remat `{lean['remat']}`, {lean['select']} "
@@ -175,23 +175,6 @@ GOALS = {"train_memory_ratio": "<= 0.10", "train_compute_ratio": "<= 0.2", "serv
          "serving.accuracy": "within 1 point of brute.accuracy or better"}
 
 
-def _md_table(rows: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(rows[0]) + " |", "|" + "---|" * len(rows[0])]
-    lines += ["| " + " | ".join(r) + " |" for r in rows[1:]]
-    return "\n".join(lines)
-
-
-def _html_table(rows: list[list[str]]) -> str:
-    def cell(text, tag):
-        text = html.escape(text)
-        parts = text.split("`")  # `code` spans, as in the markdown
-        text = "".join(f"<code>{p}</code>" if i % 2 else p for i, p in enumerate(parts))
-        return f"<{tag}>{text}</{tag}>"
-    head = "".join(cell(c, "th") for c in rows[0])
-    body = "".join("<tr>" + "".join(cell(c, "td") for c in r) + "</tr>" for r in rows[1:])
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
-
-
 _CAPTIONS = {"accuracy": "Accuracy at each stage", "memory": "Training memory", "compute": "Training compute",
              "cost": "$ per run", "serving_size": "Serving size", "serving_cost": "$ per 1k requests"}
 
@@ -210,42 +193,7 @@ def write(workdir: str, stages: dict, headline: dict, breakdown: dict, config: d
           title: str = "leanjax: the lean pipeline") -> dict[str, str]:
     """Write `report.md`, `report_figures/*.png` and `report.html` into `workdir`; returns their paths."""
     figures = _figures(stages, headline, breakdown)
-    fig_dir = os.path.join(workdir, "report_figures")
-    os.makedirs(fig_dir, exist_ok=True)
-    for name, png in figures.items():
-        with open(os.path.join(fig_dir, f"{name}.png"), "wb") as f:
-            f.write(png)
-    tables = _tables(stages, headline, breakdown, GOALS)
     device = f"{stages['brute'].get('usd_per_hour', 0):.3f} $/hour for this machine"
-
-    md = [f"# {title}", "", _NOTES, "", f"Price: {device}.", ""]
-    for name, rows in tables:
-        md += [f"## {name}", "", _md_table(rows), ""]
-    md += ["## Figures", ""]
-    md += [f"![{_CAPTIONS[n]}](report_figures/{n}.png)" for n in FIGURES]
-    md_path = os.path.join(workdir, "report.md")
-    with open(md_path, "w") as f:
-        f.write("\n".join(md) + "\n")
-
-    body = [f"<h1>{html.escape(title)}</h1>", f"<p>{html.escape(_NOTES)}</p>", f"<p>Price: {html.escape(device)}.</p>"]
-    for name, rows in tables:
-        body += [f"<h2>{html.escape(name)}</h2>", _html_table(rows)]
-    body.append("<h2>Figures</h2>")
-    for n in FIGURES:
-        data = base64.b64encode(figures[n]).decode()
-        body.append(f'<figure><img id="fig-{n}" alt="{html.escape(_CAPTIONS[n])}" '
-                    f'src="data:image/png;base64,{data}"><figcaption>{html.escape(_CAPTIONS[n])}</figcaption></figure>')
-    # Marks how many figures decoded (naturalWidth > 0): what a headless-browser check reads back.
-    script = ("window.addEventListener('load',function(){var i=document.images,n=0;"
-              "for(var k=0;k<i.length;k++){if(i[k].complete&&i[k].naturalWidth>0){n++;}}"
-              "document.body.setAttribute('data-figures-loaded',n+'/'+i.length);});")
-    style = ("body{font-family:sans-serif;max-width:70em;margin:2em auto;padding:0 1em;line-height:1.4}"
-             "table{border-collapse:collapse;margin:1em 0}th,td{border:1px solid #ccc;padding:.3em .6em;"
-             "text-align:left;vertical-align:top}th{background:#f3f3f3}figure{display:inline-block;margin:1em}"
-             "img{max-width:100%}")
-    page = (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
-            f"<style>{style}</style></head><body>{''.join(body)}<script>{script}</script></body></html>")
-    html_path = os.path.join(workdir, "report.html")
-    with open(html_path, "w") as f:
-        f.write(page)
-    return {"md": md_path, "html": html_path, "figures": fig_dir}
+    return write_report(workdir, title=title, paragraphs=[_NOTES, f"Price: {device}."],
+                        tables=_tables(stages, headline, breakdown, GOALS),
+                        figures={n: (_CAPTIONS[n], figures[n]) for n in FIGURES})

@@ -36,7 +36,7 @@ import jax  # noqa: E402
 
 from leanjax import data  # noqa: E402
 from leanjax.experiments import _launch  # noqa: E402
-from leanjax.experiments.baseline import build  # noqa: E402  (`--audit` compiles the baseline model too)
+from leanjax.experiments._baseline import build  # noqa: E402  (`--audit` compiles the baseline model too)
 from leanjax.state import TrainState  # noqa: E402
 from leanjax.step import evaluate, make_eval_step, make_train_step  # noqa: E402
 from leanjax.train import fit  # noqa: E402

@@ -10,40 +10,14 @@ from __future__ import annotations
 import itertools
 
 import jax
-from flax import nnx
 
-from leanjax import data, losses
+from leanjax import data
 from leanjax.experiments import _launch
-from leanjax.models import CNN, CausalLM, TransformerConfig, functional
+from leanjax.experiments._baseline import build
 from leanjax.state import TrainState
 from leanjax.step import evaluate, make_eval_step, make_train_step
 from leanjax.train import fit, plot_curves
 from leanjax.trees import count_params
-
-
-def build(config):
-    """Model, loss, metrics and data sources for `config.task`."""
-    rngs = nnx.Rngs(config.seed)
-    if config.task == "cnn":
-        model = CNN(10, features=tuple(config.cnn.features), dense=config.cnn.dense,
-                    dropout=config.cnn.dropout, image_size=28, rngs=rngs)
-        apply_fn, params = functional(model)
-        return dict(params=params, loss=losses.classification_loss(apply_fn, inputs="image"),
-                    metrics=losses.classification_metrics(apply_fn, inputs="image"),
-                    train=data.load("mnist5k", "train"), eval=data.load("mnist5k", "test"))
-    if config.task == "lm":
-        lm = config.lm
-        train_src = data.lm_source("shakespeare", "train", seq_len=lm.seq_len, tokenizer=lm.tokenizer)
-        eval_src = data.lm_source("shakespeare", "validation", seq_len=lm.seq_len, tokenizer=lm.tokenizer)
-        model = CausalLM(TransformerConfig(
-            vocab_size=train_src.vocab_size, hidden_size=lm.hidden_size, num_layers=lm.num_layers,
-            num_heads=lm.num_heads, intermediate_size=lm.intermediate_size,
-            max_position_embeddings=lm.seq_len, type_vocab_size=0, dropout=lm.dropout, causal=True,
-            scan_layers=lm.scan_layers, remat=lm.remat), rngs=rngs)
-        apply_fn, params = functional(model)
-        return dict(params=params, loss=losses.lm_loss(apply_fn), metrics=losses.lm_metrics(apply_fn),
-                    train=train_src, eval=eval_src)
-    raise ValueError(f"config.task={config.task!r}: use 'cnn' or 'lm'")
 
 
 def run(config, workdir):

@@ -30,14 +30,13 @@ import numpy as np
 from flax import nnx
 
 from leanjax import data, losses
-from leanjax.data.curriculum import (CurriculumSampler, difficulty_order, length_schedule, random_order,
-                                     split_windows)
+from leanjax.data.curriculum import CurriculumSampler, difficulty_order, length_schedule, random_order, split_windows
 from leanjax.data.scores import score_source
 from leanjax.experiments import _launch
 from leanjax.models import MLP, CausalLM, TransformerConfig, functional
-from leanjax.optim import make_optimizer
 from leanjax.state import TrainState
 from leanjax.step import evaluate, make_eval_step, make_train_step
+from leanjax.train import compare_to_baseline, plot_arm_curves
 
 
 class _Steps:
@@ -71,11 +70,6 @@ def _train(step_fn, params, tx, seed, next_batch, num_steps, eval_fn, eval_every
     return state, curve, time.perf_counter() - t0
 
 
-def _steps_to_target(curve, target, higher_is_better):
-    hit = [s for s, m in curve if (m >= target if higher_is_better else m <= target)]
-    return hit[0] if hit else None
-
-
 def _mnist_problem(c):
     """`(model(seed) -> (apply_fn, params), tx, train, test)` of the `mnist` task."""
     train, test = data.load("mnist5k", "train"), data.load("mnist5k", "test")
@@ -84,7 +78,7 @@ def _mnist_problem(c):
     def model(seed):
         return functional(MLP(784, tuple(c.hidden), 10, dropout=c.dropout, rngs=nnx.Rngs(seed)))
 
-    tx = make_optimizer("adamw", learning_rate=c.learning_rate, total_steps=c.num_steps, warmup_steps=0)
+    tx = _launch.config_optimizer(c)
     return model, tx, train, test
 
 
@@ -102,8 +96,7 @@ def _lm_problem(c):
             num_heads=c.num_heads, intermediate_size=4 * c.hidden_size, max_position_embeddings=c.seq_len,
             type_vocab_size=0, dropout=0.0, causal=True), rngs=nnx.Rngs(seed)))
 
-    tx = make_optimizer("adamw", learning_rate=c.learning_rate, total_steps=c.num_steps,
-                        warmup_steps=c.warmup_steps)
+    tx = _launch.config_optimizer(c)
     return model, tx, train, valid
 
 
@@ -179,7 +172,7 @@ def _lm(c, seeds):
             return lambda s: next(it)
         if arm == "length_warmup":
             return lambda s: split_windows(next(it), length_schedule(s, c.length_warmup_steps, buckets))
-        raise ValueError(f"unknown lm arm {arm!r}: use random, length_warmup, loss_curriculum")
+        raise _launch.ConfigError(f"config.lm.arms: unknown arm {arm!r}; use random, length_warmup, loss_curriculum")
 
     runs = {}
     for arm, seed in itertools.product(c.arms, seeds):
@@ -191,47 +184,21 @@ def _lm(c, seeds):
 
 
 def _summarise(runs, compiles, higher_is_better, target):
-    """Per-arm figures against the random arm, seed by seed."""
-    finals = {arm: [curve[-1][1] for curve, _ in rs] for arm, rs in runs.items()}
-    if not target:
-        target = (min if higher_is_better else max)(finals["random"])
-    base = [_steps_to_target(curve, target, higher_is_better) for curve, _ in runs["random"]]
-    out = {"target": target}
+    """Per-arm figures against the random arm, seed by seed, plus what each arm cost the compiler."""
+    out = compare_to_baseline({arm: [curve for curve, _ in rs] for arm, rs in runs.items()},
+                              higher_is_better=higher_is_better, target=target)
     for arm, rs in runs.items():
-        steps = [_steps_to_target(curve, target, higher_is_better) for curve, _ in rs]
-        speedups = [b / s if s and b else 0.0 for b, s in zip(base, steps)]
-        reached = [s for s in steps if s]
-        out[arm] = {
-            "steps_to_target": float(np.mean(reached)) if len(reached) == len(steps) else None,
-            "steps_to_target_per_seed": steps, "speedup_mean": float(np.mean(speedups)),
-            "speedup_low": float(min(speedups)), "speedup_per_seed": speedups,
-            "final_metric": float(np.mean(finals[arm])), "final_metric_std": float(np.std(finals[arm])),
-            "final_metric_per_seed": finals[arm], "compiles": compiles[arm],
-            "wall_s": float(np.mean([w for _, w in rs]))}
+        out[arm].update(compiles=compiles[arm], wall_s=float(np.mean([w for _, w in rs])))
     return out
 
 
 def _plot(results, curves, path):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, len(curves), figsize=(5.5 * len(curves), 3.8), squeeze=False)
-    for ax, (task, runs) in zip(axes[0], curves.items()):
-        for arm, rs in runs.items():
-            steps = [s for s, _ in rs[0][0]]
-            values = np.array([[m for _, m in curve] for curve, _ in rs])
-            ax.plot(steps, values.mean(0), label=arm)
-            ax.fill_between(steps, values.min(0), values.max(0), alpha=0.2)
-        ax.axhline(results[task]["target"], color="k", lw=0.8, ls="--", label="target")
-        ax.set(title=task, xlabel="step", ylabel="eval accuracy" if task == "mnist" else "eval loss")
-        if task == "lm":
-            ax.set_ylim(top=float(np.percentile(values, 90)) + 0.2)
-        ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
+    panels = {task: {arm: [curve for curve, _ in rs] for arm, rs in runs.items()} for task, runs in curves.items()}
+    # Loss curves start far above where they end: clip the top so that the arms' differences show.
+    ylims = {"lm": (None, float(np.percentile([m for rs in panels["lm"].values() for c in rs for _, m in c], 90))
+                    + 0.2)} if "lm" in panels else {}
+    plot_arm_curves(panels, path, targets={task: results[task]["target"] for task in panels},
+                    ylabels={"mnist": "eval accuracy", "lm": "eval loss"}, ylims=ylims)
 
 
 def run(config, workdir):

@@ -29,13 +29,11 @@ import numpy as np
 from flax import nnx
 
 from leanjax import data, losses
-from leanjax.data.sampling import (infobatch_plan, plan_batches, random_subset, select_by_score,
-                                   semantic_dedup)
+from leanjax.data.sampling import infobatch_plan, plan_batches, random_subset, select_by_score, semantic_dedup
 from leanjax.data.scores import ScoredState, ScoreStore, indexed, scored_classification_loss, with_scores
 from leanjax.data.source import to_str
 from leanjax.experiments import _launch
 from leanjax.models import MLP, functional, l2_normalize, mean_pool
-from leanjax.optim import make_optimizer
 from leanjax.state import TrainState
 from leanjax.step import evaluate, make_eval_step, make_train_step
 from leanjax.train import fit
@@ -47,8 +45,7 @@ class _Trainer:
     def __init__(self, c, test):
         self.c = c
         self.apply_fn, _ = self.model(0)
-        self.tx = make_optimizer("adamw", learning_rate=c.learning_rate, schedule="constant",
-                                 weight_decay=c.weight_decay)
+        self.tx = _launch.config_optimizer(c)
         self.step = with_scores(make_train_step(scored_classification_loss(self.apply_fn), self.tx, jit=False))
         eval_step = make_eval_step(losses.classification_metrics(self.apply_fn))
         self.evaluate = lambda params: evaluate(eval_step, params, data.eval_batches(test, 500))["accuracy"]

@@ -40,13 +40,17 @@ from leanjax import data, losses
 from leanjax.data import ArraySource
 from leanjax.experiments import _launch, _minilm
 from leanjax.models import SequenceClassifier, functional
-from leanjax.optim import make_optimizer
 from leanjax.state import TrainState
 from leanjax.step import make_train_step
 from leanjax.train import fit
 from leanjax.transforms import apply, quantize
-from leanjax.transforms.distill import (cache_topk, distill_trainable, distillation_loss,
-                                        offline_distillation_loss, teacher_labelled_pool)
+from leanjax.transforms.distill import (
+    cache_topk,
+    distill_trainable,
+    distillation_loss,
+    offline_distillation_loss,
+    teacher_labelled_pool,
+)
 from leanjax.trees import count_params
 
 INPUTS = _minilm.INPUTS
@@ -78,15 +82,15 @@ def _student(config, teacher, tokenizer, train, c):
 
 
 def _optimizer(c):
-    return make_optimizer("adamw", learning_rate=c.student_learning_rate, total_steps=c.student_steps,
-                          warmup_steps=max(c.student_steps // 10, 1), weight_decay=0.01)
+    return _launch.config_optimizer(c, learning_rate=c.student_learning_rate, num_steps=c.student_steps,
+                                    warmup_steps=max(c.student_steps // 10, 1), weight_decay=0.01)
 
 
 def build(config):
     """What `--audit` compiles: the KD train step (student trained, teacher frozen, both in one program; the
     teacher not fine-tuned), the student's serving step and the teacher's beside it."""
     c = config
-    model_config, teacher_apply, teacher, tokenizer, train, test = _minilm.minilm(c.teacher)
+    model_config, teacher_apply, teacher, tokenizer, train, test = _minilm.minilm_and_tweets(c.teacher)
     student_apply, student = _student(model_config, teacher, tokenizer, train, c)
     both = {"student": student, "teacher": teacher}
     metrics = lambda fn: losses.classification_metrics(fn, inputs=INPUTS)  # noqa: E731

@@ -23,28 +23,16 @@ import os
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from leanjax import data, losses
 from leanjax.experiments import _launch, _minilm
-from leanjax.optim import make_optimizer
 from leanjax.state import TrainState
 from leanjax.step import evaluate, make_eval_step, make_train_step
-from leanjax.train import fit, plot_curves
+from leanjax.train import fit, plot_curves, steps_to_target
 from leanjax.trees import count_params
 
-INPUTS = ("input_ids", "attention_mask")
+INPUTS = _minilm.INPUTS
 ARMS = ("finetuned", "scratch")
-
-
-def tweets(split: str, examples: int, seed: int) -> list[dict]:
-    """A fixed random subset of `examples` tweets of `split` (0: all), read in one batch, drawn by seed
-    so that every class is represented whatever the stored order."""
-    source = data.load("tweets", split)
-    rows = range(len(source))
-    if examples and examples < len(source):
-        rows = np.sort(np.random.default_rng(seed).permutation(len(source))[:examples]).tolist()
-    return source.__getitems__(rows)
 
 
 def build(config):
@@ -54,14 +42,11 @@ def build(config):
 
     tokenizer = pretrained.tokenizer
     # A list of examples is a `Source` (len + getitem): tokenized once, in one batch.
-    train = data.text_classification_source(tweets("train", config.train_examples, config.seed), tokenizer,
+    train = data.text_classification_source(_minilm.tweets("train", config.train_examples, config.seed), tokenizer,
                                             config.seq_len)
-    evaluation = data.text_classification_source(tweets(config.eval_split, config.eval_examples, seed=0),
+    evaluation = data.text_classification_source(_minilm.tweets(config.eval_split, config.eval_examples, seed=0),
                                                  tokenizer, config.seq_len)
-    # The peak rate is an injected hyperparameter (`learning_rate_scale` times a unit schedule, held in the
-    # optimizer state), so the two arms share one optimizer and one compiled train step.
-    tx = make_optimizer("adamw", learning_rate=1.0, total_steps=config.num_steps,
-                        warmup_steps=config.warmup_steps, weight_decay=config.weight_decay)
+    tx = _launch.config_optimizer(config, learning_rate=config.finetuned_learning_rate, inject_learning_rate=True)
     return dict(params=finetuned, scratch_params=scratch, tx=tx,
                 loss=losses.classification_loss(apply_fn, inputs=INPUTS),
                 metrics=losses.classification_metrics(apply_fn, inputs=INPUTS), train=train, eval=evaluation)
@@ -69,10 +54,6 @@ def build(config):
 
 def _eval_curve(history: list[dict]) -> list[tuple[int, float]]:
     return [(r["step"], r["eval_accuracy"]) for r in history if "eval_accuracy" in r]
-
-
-def _first_reaching(curve: list[tuple[int, float]], target: float) -> int | None:
-    return next((s for s, acc in curve if acc >= target), None)
 
 
 def _plot(curves: dict, losses_by_arm: dict, target: float, path: str) -> None:
@@ -104,17 +85,15 @@ def fast_start(config, parts, results, train):
     Returns `(headline entries, metrics)`; `results` holds the main arms (a scratch rate equal to
     `scratch_learning_rate` reuses that run)."""
     fs = config.fast_start
-    tx = make_optimizer("adamw", learning_rate=1.0, total_steps=config.num_steps,
-                        warmup_steps=fs.warmup_steps, weight_decay=config.weight_decay)
-    runs = {"finetuned": train("fast_start/finetuned", parts["params"], tx, fs.learning_rate)}
+    runs = {"finetuned": train("fast_start/finetuned", parts["params"], fs.learning_rate, fs.warmup_steps)}
     for lr in fs.scratch_learning_rates:
         runs[f"scratch@{lr:g}"] = (results["scratch"] if lr == config.scratch_learning_rate else
-                                   train(f"fast_start/scratch@{lr:g}", parts["scratch_params"], parts["tx"], lr))
+                                   train(f"fast_start/scratch@{lr:g}", parts["scratch_params"], lr))
     if any(r.preempted for r in runs.values()):
         return {}, {"preempted": True}
     final = {arm: r.last_eval["accuracy"] for arm, r in runs.items()}
     best = max((a for a in runs if a.startswith("scratch")), key=final.get)
-    match = _first_reaching(_eval_curve(runs["finetuned"].history), final[best])
+    match = steps_to_target(_eval_curve(runs["finetuned"].history), final[best])
     speedup = config.num_steps / match if match else None
     headline = {"fast_start.finetuned_accuracy": final["finetuned"], "fast_start.scratch_accuracy": final[best],
                 "fast_start.scratch_learning_rate": float(best.split("@")[1]),
@@ -133,11 +112,12 @@ def run(config, workdir):
     def eval_fn(params):
         return evaluate(eval_step, params, data.eval_batches(parts["eval"], config.eval_batch_size))
 
-    def train(arm, start, tx, learning_rate):
+    def train(arm, start, learning_rate, warmup_steps=None):
         # A copy: the step donates its state, and the arms share the head's init arrays.
+        # The peak rate is injected (held in the optimizer state), so the arms share one compiled train step.
+        tx = _launch.config_optimizer(config, learning_rate=learning_rate, warmup_steps=warmup_steps,
+                                      inject_learning_rate=True)
         state = TrainState.create(jax.tree.map(jnp.copy, start), tx, jax.random.key(config.seed))
-        hyperparams = {**state.opt_state.hyperparams, "learning_rate_scale": jnp.float32(learning_rate)}
-        state = state.replace(opt_state=state.opt_state._replace(hyperparams=hyperparams))
         # A fresh iterator with the same seed: every arm sees the same batches in the same order.
         batches = data.batches(parts["train"], batch_size=config.batch_size, seed=config.seed)
         arm_dir = os.path.join(workdir, arm)
@@ -151,7 +131,7 @@ def run(config, workdir):
 
     results = {}
     for arm in ARMS:
-        results[arm] = train(arm, starts[arm], parts["tx"], learning_rates[arm])
+        results[arm] = train(arm, starts[arm], learning_rates[arm])
         if results[arm].preempted:
             return {"preempted": True}, {}
     fast, fast_metrics = fast_start(config, parts, results, train) if config.fast_start.enabled else ({}, {})
@@ -160,7 +140,7 @@ def run(config, workdir):
 
     curves = {arm: _eval_curve(r.history) for arm, r in results.items()}
     final = {arm: r.last_eval["accuracy"] for arm, r in results.items()}
-    match = _first_reaching(curves["finetuned"], final["scratch"])
+    match = steps_to_target(curves["finetuned"], final["scratch"])
     speedup = config.num_steps / match if match else None
     headline = {"finetuned_accuracy": final["finetuned"], "scratch_accuracy": final["scratch"],
                 "steps_to_match_scratch": match, "speedup": speedup,
@@ -174,7 +154,7 @@ def run(config, workdir):
         "accuracy_gain": final["finetuned"] - final["scratch"],
         "resolution_steps": config.eval_every,
         # When did scratch itself first reach its final accuracy? (a plateau would shrink the speedup)
-        "scratch_steps_to_own_final": _first_reaching(curves["scratch"], final["scratch"]),
+        "scratch_steps_to_own_final": steps_to_target(curves["scratch"], final["scratch"]),
         "steps_per_s": {arm: r.steps_per_s for arm, r in results.items()},
         "compile_s": {arm: r.compile_s for arm, r in results.items()},
         "params": count_params(parts["params"]),

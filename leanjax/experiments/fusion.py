@@ -21,18 +21,15 @@ Headline:
 from __future__ import annotations
 
 import re
-import statistics
-import time
 
 import jax
 import numpy as np
 from flax import nnx
 
 from leanjax import data, losses
-from leanjax.audit import analyze, audit_compiled, measure_peak_flops, transformer_flops
+from leanjax.audit import analyze, audit_compiled, measure_peak_flops, time_interleaved, time_step, transformer_flops
 from leanjax.experiments import _launch
 from leanjax.models import CausalLM, TransformerConfig, functional
-from leanjax.optim import make_optimizer
 from leanjax.state import TrainState
 from leanjax.step import make_train_step
 
@@ -68,15 +65,8 @@ def _with_signatures(hlo_text: str) -> str:
 
 def _op_by_op_time(step, state, batch, steps: int) -> float:
     """Median seconds of the un-jitted step under `jax.disable_jit()` (one untimed warm-up call)."""
-    times = []
     with jax.disable_jit():
-        for k in range(steps + 1):
-            start = time.perf_counter()
-            state, metrics = step(state, batch)
-            jax.block_until_ready(metrics)
-            if k:
-                times.append(time.perf_counter() - start)
-    return statistics.median(times)
+        return time_step(step, state, batch, warmup=1, iters=steps).median_s
 
 
 def _torch_variants(config, params, batch, jax_loss: float) -> tuple[dict, dict]:
@@ -87,7 +77,8 @@ def _torch_variants(config, params, batch, jax_loss: float) -> tuple[dict, dict]
         import torch
     except ImportError:
         why = "torch is not installed (the optional bench extra: pip install torch==2.13.0)"
-        return {}, {"torch_eager": why, "torch_compile": why}
+        return {}, {"torch_eager": why,
+                    "torch_compile": why if config.torch_compile else "disabled (config.torch_compile=False)"}
     from leanjax.experiments import _torch_lm
 
     m = config.model
@@ -117,15 +108,14 @@ def _torch_variants(config, params, batch, jax_loss: float) -> tuple[dict, dict]
         except Exception as e:  # noqa: BLE001  inductor needs a working C++ toolchain: report, don't crash
             missing[name] = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
             continue
-        steps[name] = lambda step=step: step(inputs, targets)
+        steps[name] = lambda step=step: float(step(inputs, targets))  # float() waits, on CPU and CUDA alike
     return steps, missing
 
 
 def run(config, workdir):
     parts = build(config)
     cfg = parts["model_config"]
-    tx = make_optimizer("adamw", learning_rate=config.learning_rate, schedule="constant",
-                        weight_decay=config.weight_decay, clip_norm=None)  # torch.optim.AdamW's update
+    tx = _launch.config_optimizer(config)  # constant rate, no clipping: torch.optim.AdamW's update
     batch = next(iter(data.batches(parts["train"], batch_size=config.batch_size, seed=config.seed)))
     state = TrainState.create(parts["params"], tx, jax.random.key(config.seed))
     jit_step = make_train_step(parts["loss"], tx)
@@ -138,18 +128,7 @@ def run(config, workdir):
     torch_steps, missing = _torch_variants(config, parts["params"], batch, jax_loss)
 
     # Alternate: one jitted step, then one step of each torch variant, round after round.
-    state, _ = jit_step(state, batch)  # warm-up (the compile)
-    times = {"jit": [], **{n: [] for n in torch_steps}}
-    for _ in range(config.rounds):
-        start = time.perf_counter()
-        state, metrics = jit_step(state, batch)
-        jax.block_until_ready(metrics)
-        times["jit"].append(time.perf_counter() - start)
-        for name, step in torch_steps.items():
-            start = time.perf_counter()
-            float(step())  # .item() waits for the step, on CPU and CUDA alike
-            times[name].append(time.perf_counter() - start)
-    median = {k: statistics.median(v) for k, v in times.items()}
+    median = time_interleaved({"jit": (jit_step, (state, batch)), **torch_steps}, repeats=config.rounds)
 
     op_by_op_s = _op_by_op_time(make_train_step(parts["loss"], tx, jit=False), state, batch, config.eager_steps)
     peak = measure_peak_flops("float32")
@@ -179,9 +158,9 @@ def _torch_device(choice: str, torch) -> str:
     if choice == "auto":
         return "cuda" if jax.default_backend() == "gpu" and torch.cuda.is_available() else "cpu"
     if choice not in ("cpu", "cuda"):
-        raise ValueError(f"config.torch_device={choice!r}: use 'auto', 'cpu' or 'cuda'")
+        raise _launch.ConfigError(f"config.torch_device={choice!r}: use 'auto', 'cpu' or 'cuda'")
     if choice == "cuda" and not torch.cuda.is_available():
-        raise ValueError("config.torch_device='cuda' but torch sees no CUDA device")
+        raise _launch.ConfigError("config.torch_device='cuda' but torch sees no CUDA device")
     return choice
 
 

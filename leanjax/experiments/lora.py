@@ -17,69 +17,21 @@ test split. `--audit` reports the full fine-tune's train and serving steps (`bui
 
 from __future__ import annotations
 
-import dataclasses
 import os
-import statistics
-import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import nnx
 
 from leanjax import data, losses, transforms
-from leanjax.audit import interventions
-from leanjax.experiments import _launch
-from leanjax.experiments.finetune import tweets
-from leanjax.models import SequenceClassifier, functional
+from leanjax.audit import interventions, time_interleaved
+from leanjax.experiments import _launch, _minilm
+from leanjax.experiments._minilm import ADAPTER_ARMS as ARMS
+from leanjax.experiments._minilm import INPUTS, apply_fn_for, minilm, tweets
 from leanjax.state import TrainState
 from leanjax.step import evaluate, make_eval_step, make_train_step
 from leanjax.train import fit
 from leanjax.trees import count_params
-from leanjax.weights import load_pretrained
-
-INPUTS = ("input_ids", "attention_mask")
-ARMS = ("full", "lora", "qlora")
-ENCODER_KERNELS = r"encoder/layers/.*kernel"
-EMBEDDINGS = r"encoder/embeddings/(word|position)/embedding"
-
-
-def minilm(config, *, scan_layers: bool):
-    """`(model_config, params, tokenizer)`: MiniLM's first `config.num_layers` layers with a fresh 3-way head."""
-    pretrained = load_pretrained("minilm", model_cls=SequenceClassifier, model_kwargs={"num_labels": 3},
-                                 config_overrides={"dropout": config.dropout}, scan_layers=scan_layers,
-                                 seed=config.seed)
-    n = config.num_layers
-    if not 1 <= n <= pretrained.config.num_layers:
-        raise ValueError(f"config.num_layers={n}: MiniLM has {pretrained.config.num_layers}")
-    _, params = functional(pretrained.model)
-    layers = params["encoder"]["layers"]
-    layers = jax.tree.map(lambda x: x[:n], layers) if scan_layers else {i: layers[i] for i in range(n)}
-    params = {**params, "encoder": {**params["encoder"], "layers": layers}}
-    return dataclasses.replace(pretrained.config, num_layers=n), params, pretrained.tokenizer
-
-
-def apply_fn_for(model_config, **options):
-    """The pure `apply_fn` of a `SequenceClassifier` with `options` (e.g. remat) set; builds no params."""
-    abstract = nnx.eval_shape(lambda: SequenceClassifier(dataclasses.replace(model_config, **options), 3,
-                                                         rngs=nnx.Rngs(0)))
-    return functional(abstract)[0]
-
-
-def arm_params(params, arm: str, *, rank: int, alpha: float, group_size: int, seed: int):
-    """`(params, trainable mask)` of one arm. Adapter arms train the adapters and the head only."""
-    if arm == "full":
-        return params, transforms.trainable(params)
-    if arm not in ARMS:
-        raise ValueError(f"unknown arm {arm!r}: use one of {ARMS}")
-    if arm == "qlora":
-        params = transforms.quantize(params, ENCODER_KERNELS, bits=4, scheme="nf4", group_size=group_size)
-        # The embeddings are half of MiniLM: frozen f32 they would dominate QLoRA's memory.
-        params = transforms.quantize(params, EMBEDDINGS, bits=4, scheme="nf4", group_size=group_size, axis=-1)
-    params = transforms.lora(params, ENCODER_KERNELS, rank=rank, alpha=alpha, key=jax.random.key(seed))
-    mask = transforms.trainable(params, freeze_plain=True)
-    mask["classifier"] = jax.tree.map(lambda _: True, mask["classifier"])
-    return params, mask
 
 
 def build(config):
@@ -99,7 +51,8 @@ def memory_peaks(config, model_config, params_by_arm) -> dict[str, int]:
     memory shape."""
     shape = (config.memory_batch, config.memory_seq_len)
     if config.memory_seq_len > model_config.max_position_embeddings:
-        raise ValueError(f"memory_seq_len={config.memory_seq_len} > {model_config.max_position_embeddings}")
+        raise _launch.ConfigError(f"config.memory_seq_len={config.memory_seq_len} > MiniLM's "
+                                  f"{model_config.max_position_embeddings} positions")
     batch = {"input_ids": jnp.zeros(shape, jnp.int32), "attention_mask": jnp.ones(shape, bool),
              "label": jnp.zeros(shape[:1], jnp.int32)}
     peaks = {}
@@ -108,7 +61,7 @@ def memory_peaks(config, model_config, params_by_arm) -> dict[str, int]:
         subject = interventions.Subject(
             params=params_by_arm["full"], loss=losses.classification_loss(apply_fn, inputs=INPUTS),
             serve=losses.classification_metrics(apply_fn, inputs=INPUTS),
-            tx=_launch.config_optimizer(config, learning_rate=1e-4),
+            tx=_launch.config_optimizer(config),  # the rate does not change the memory
             train_batch=batch, serve_batch=batch, seed=config.seed)
         for arm, params in params_by_arm.items():
             if remat != "none" and arm not in config.remat_arms:
@@ -121,23 +74,11 @@ def memory_peaks(config, model_config, params_by_arm) -> dict[str, int]:
     return peaks
 
 
-def alternating_step_times(steps: dict, batch, rounds: int) -> dict[str, float]:
-    """Median seconds per train step of each `(step, state)`, calls alternating between arms."""
-    times = {arm: [] for arm in steps}
-    for _ in range(rounds + 1):  # the first round warms up
-        for arm, (step, state) in steps.items():
-            fresh = jax.block_until_ready(jax.tree.map(jnp.copy, state))  # the step donates its state
-            start = time.perf_counter()
-            jax.block_until_ready(step(fresh, batch))
-            times[arm].append(time.perf_counter() - start)
-    return {arm: statistics.median(t[1:]) for arm, t in times.items()}
-
-
 def run(config, workdir):
     parts = build(config)
     params_by_arm, masks = {}, {}
     for arm in ARMS:
-        params_by_arm[arm], masks[arm] = arm_params(parts["params"], arm, rank=config.lora_rank,
+        params_by_arm[arm], masks[arm] = _minilm.arm_params(parts["params"], arm, rank=config.lora_rank,
                                                     alpha=config.lora_alpha, group_size=config.qlora_group_size,
                                                     seed=config.seed)
     peaks = memory_peaks(config, parts["model_config"], params_by_arm)
@@ -163,8 +104,9 @@ def run(config, workdir):
             return {"preempted": True}, {}
 
     batch = next(iter(data.batches(parts["train"], batch_size=config.batch_size, seed=config.seed + 1)))
-    step_s = alternating_step_times({arm: (steps[arm], results[arm].state) for arm in ARMS}, batch,
-                                    config.timing_rounds)
+    # Calls alternate between arms; each gets a copy of its state (the step donates it).
+    step_s = time_interleaved({arm: (steps[arm], (results[arm].state, batch)) for arm in ARMS},
+                              repeats=config.timing_rounds)
     accuracy = {arm: results[arm].last_eval["accuracy"] for arm in ARMS}
     n_params = count_params(parts["params"])
     trainable = {arm: sum(int(np.size(x)) for x, m in zip(jax.tree.leaves(params_by_arm[arm]),

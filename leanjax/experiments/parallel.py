@@ -30,10 +30,17 @@ from flax import nnx  # noqa: E402
 from leanjax import data, losses  # noqa: E402
 from leanjax.experiments import _launch  # noqa: E402
 from leanjax.models import CausalLM, TransformerConfig, functional  # noqa: E402
-from leanjax.optim import make_optimizer  # noqa: E402
 from leanjax.parallel import (  # noqa: E402
-    decide, fingerprint, make_mesh, measure, save_plan, shard, sharded_lm_loss, sharded_train_step,
-    spec_str, survey,
+    decide,
+    fingerprint,
+    make_mesh,
+    measure,
+    save_plan,
+    shard,
+    sharded_lm_loss,
+    sharded_train_step,
+    spec_str,
+    survey,
 )
 from leanjax.state import TrainState  # noqa: E402
 from leanjax.step import make_train_step  # noqa: E402
@@ -49,8 +56,7 @@ def build_problem(config):
         num_heads=lm.num_heads, intermediate_size=lm.intermediate_size, max_position_embeddings=lm.seq_len,
         type_vocab_size=0, dropout=0.0, causal=True, scan_layers=lm.scan_layers), rngs=nnx.Rngs(config.seed))
     apply_fn, params = functional(model)
-    tx = make_optimizer("adamw", learning_rate=config.learning_rate, total_steps=max(config.train_steps, 1),
-                        warmup_steps=0, weight_decay=0.0)
+    tx = _launch.config_optimizer(config, num_steps=max(config.train_steps, 1))
     state = TrainState.create(params, tx, jax.random.key(config.seed))
     batches = data.batches(source, batch_size=config.batch_size, seed=config.seed)
     return apply_fn, tx, state, batches

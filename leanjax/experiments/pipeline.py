@@ -61,9 +61,7 @@ from leanjax.data.sampling import select_by_score
 from leanjax.data.scores import score_source
 from leanjax.data.source import to_str
 from leanjax.experiments import _launch, _minilm, _report
-from leanjax.experiments.finetune import tweets
-from leanjax.experiments.lora import apply_fn_for, arm_params, minilm
-from leanjax.experiments.quantize import quantized
+from leanjax.experiments._minilm import apply_fn_for, arm_params, minilm, quantized, tweets
 from leanjax.models import SequenceClassifier, functional
 from leanjax.optim import make_optimizer
 from leanjax.state import TrainState

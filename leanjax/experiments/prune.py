@@ -24,20 +24,27 @@ import os
 
 import jax
 import jax.numpy as jnp
-import optax
 from flax import nnx
 
 from leanjax import data, losses
 from leanjax.experiments import _launch, _minilm
 from leanjax.models import CNN, SequenceClassifier, functional
-from leanjax.optim import make_optimizer
+from leanjax.optim import set_hyperparams
 from leanjax.state import TrainState
 from leanjax.step import make_train_step
 from leanjax.train import fit
 from leanjax.transforms import apply, weight_bytes
 from leanjax.transforms.compact import cnn_groups, compact, structured_masks, transformer_groups
-from leanjax.transforms.prune import (apply_masks, keep_masks, magnitude, masks_of, nm_masks,
-                                      polynomial_schedule, prune_by_schedule, report)
+from leanjax.transforms.prune import (
+    apply_masks,
+    complete_masks,
+    gradual_pruning,
+    keep_masks,
+    magnitude,
+    masks_of,
+    nm_masks,
+    report,
+)
 from leanjax.transforms.sparse24 import pack24
 
 SPARSITIES = {"s50": 0.5, "s75": 0.75, "s90": 0.9}
@@ -52,9 +59,8 @@ def _cnn(c):
     small_apply, _ = functional(make(tuple(half(f) for f in c.features), half(c.dense)))
     return dict(apply=apply_fn, params=params, train=data.load("mnist5k", "train"), test=data.load("mnist5k", "test"),
                 inputs=("image",), unstructured=r".*kernel", nm=r"(hidden|head)/kernel", groups=cnn_groups(params),
-                small_apply=small_apply, tx=make_optimizer("adamw", learning_rate=c.learning_rate,
-                                                           total_steps=c.dense_steps,
-                                                           warmup_steps=c.dense_steps // 10, weight_decay=1e-4))
+                small_apply=small_apply,
+                tx=_launch.config_optimizer(c, num_steps=c.dense_steps, warmup_steps=c.dense_steps // 10))
 
 
 def _trained_cnn(c, workdir):
@@ -72,7 +78,7 @@ def _trained_cnn(c, workdir):
 def _minilm_model(c, workdir=None):
     """MiniLM fine-tuned on tweets (cached in `workdir`; None: not fine-tuned) and its half-width twin."""
     if workdir is None:
-        config, apply_fn, params, _, train, test = _minilm.minilm(c)
+        config, apply_fn, params, _, train, test = _minilm.minilm_and_tweets(c)
     else:
         config, apply_fn, params, _, train, test = _minilm.finetuned_minilm(c, os.path.join(workdir, "teacher"))
     # Half the heads (same head size: Attention reshapes its context to (b, t, -1)) and half the FFN neurons.
@@ -103,34 +109,13 @@ def build(config):
                                              compact(apply_masks(dense, masks), m["groups"], keep))})
 
 
-def _gradual(optimizer, m, c, ramp: int) -> optax.GradientTransformation:
-    """Zhu & Gupta's gradual magnitude pruning over the first `ramp` steps, its final sparsity an injected
-    hyperparameter (`sparsity`), so that every target sparsity trains with one compiled step."""
-    unit = polynomial_schedule(0.5, 0, ramp)  # from 0, so linear in the final sparsity: s_t = s * unit(t) / 0.5
-
-    def make(sparsity):
-        return prune_by_schedule(optimizer(), lambda step: sparsity * unit(step) / 0.5, magnitude(m["unstructured"]),
-                                 update_every=c.update_every, end_step=ramp)
-
-    return optax.inject_hyperparams(make)(sparsity=0.0)
-
-
-def _on_leaves_of(masks, other):
-    """`masks` with an all-True mask at every leaf where only `other` has one."""
-    return jax.tree.map(lambda a, b: jnp.ones_like(b) if a is None and b is not None else a, masks, other,
-                        is_leaf=lambda x: x is None)
-
-
 def _finetune(m, c, tx, params, workdir, desc, step=None, **hyperparams):
     """`prune_steps` of fine-tuning from `params` with `tx` (a pruning wrapper); the final state. `step`: a
     compiled train step shared by arms whose optimizers differ only in their state (masks, or the injected
     `hyperparams` set here)."""
     step = step or make_train_step(losses.classification_loss(m["apply"], inputs=m["inputs"]), tx)
     state = TrainState.create(jax.tree.map(jnp.copy, params), tx, jax.random.key(c.seed))
-    if hyperparams:  # injected (optax.inject_hyperparams): values in the state, not in the compiled step
-        injected = {k: jnp.asarray(v, jnp.float32) for k, v in hyperparams.items()}
-        state = state.replace(opt_state=state.opt_state._replace(hyperparams={**state.opt_state.hyperparams,
-                                                                              **injected}))
+    state = set_hyperparams(state, **hyperparams)  # injected: values in the state, not in the compiled step
     result = fit(state, step, data.batches(m["train"], batch_size=c.batch_size, seed=c.seed + 1),
                  num_steps=c.prune_steps, workdir=workdir, log_every=max(c.prune_steps // 5, 1), progress=False,
                  desc=desc)
@@ -138,14 +123,15 @@ def _finetune(m, c, tx, params, workdir, desc, step=None, **hyperparams):
 
 
 def _model(name, m, c, workdir):
-    optimizer = lambda: make_optimizer("adamw", learning_rate=c.prune_learning_rate,  # noqa: E731
-                                       total_steps=c.prune_steps, warmup_steps=0, weight_decay=0.0)
+    optimizer = lambda: _launch.config_optimizer(c, learning_rate=c.prune_learning_rate,  # noqa: E731
+                                                 num_steps=c.prune_steps, warmup_steps=0, weight_decay=0.0)
     acc = lambda apply_fn, params: _minilm.accuracy(apply_fn, params, m["test"], c.eval_batch_size, m["inputs"])  # noqa: E731
     dense = m["params"]
     out = {"dense_accuracy": acc(m["apply"], dense)}
     sparsity = {}
     ramp = max(int(c.prune_steps * c.ramp_fraction), 1)
-    tx = _gradual(optimizer, m, c, ramp)
+    # The final sparsity is injected: every target sparsity trains with one compiled step.
+    tx = gradual_pruning(optimizer, magnitude(m["unstructured"]), ramp, update_every=c.update_every)
     step = make_train_step(losses.classification_loss(m["apply"], inputs=m["inputs"]), tx)
     for arm, s in SPARSITIES.items():
         state = _finetune(m, c, tx, dense, os.path.join(workdir, arm), f"prune/{name}/{arm}", step, sparsity=s)
@@ -155,7 +141,7 @@ def _model(name, m, c, workdir):
     # The fixed masks of both one-shot arms, completed to the same leaves (all-True where only the other
     # prunes): `keep_masks` reads its masks from the optimizer state, so both train with one compiled step.
     masks, (structured, keep) = nm_masks(dense, m["nm"]), structured_masks(dense, m["groups"], 0.5)
-    fixed = {"nm24": _on_leaves_of(masks, structured), "structured50": _on_leaves_of(structured, masks)}
+    fixed = {"nm24": complete_masks(masks, structured), "structured50": complete_masks(structured, masks)}
     step = make_train_step(losses.classification_loss(m["apply"], inputs=m["inputs"]),
                            keep_masks(optimizer(), fixed["nm24"]))
     state = _finetune(m, c, keep_masks(optimizer(), fixed["nm24"]), apply_masks(dense, masks),

@@ -39,16 +39,12 @@ from jaxtyping import ArrayLike
 from leanjax import data, losses, transforms
 from leanjax.audit.int8_serving import shape_sweep, w8a8_split
 from leanjax.experiments import _launch
-from leanjax.experiments._minilm import throughput_ratios
-from leanjax.experiments.lora import INPUTS, apply_fn_for, minilm, tweets
+from leanjax.experiments._minilm import INPUTS, KERNELS, apply_fn_for, minilm, quantized, throughput_ratios, tweets
 from leanjax.state import TrainState
 from leanjax.step import evaluate, make_eval_step, make_train_step
 from leanjax.train import fit
 from leanjax.transforms.select import select
 from leanjax.transforms.typed import TypedWeight, frozen
-
-KERNELS = r".*kernel"
-EMBEDDINGS = r"encoder/embeddings/(word|position)/embedding"
 
 
 class QwixInt8(TypedWeight):
@@ -91,13 +87,6 @@ def qwix_int8(params):
         return None, "qwix is not installed (`pip install qwix==0.1.8`, the bench extra)"
     quantize = jax.jit(lambda w: qwix.quantize(w, jnp.int8, channelwise_axes=[1]))
     return select(params, KERNELS, lambda _, w: QwixInt8(quantize(w))), None
-
-
-def quantized(params, bits: int, group_size: int | None, *, serve: bool):
-    """Kernels and embeddings in `bits`-bit integers; kernels as W8A8/W4A8 when `serve`."""
-    params = transforms.quantize(params, KERNELS, bits=bits, group_size=group_size)
-    params = transforms.quantize(params, EMBEDDINGS, bits=bits, group_size=group_size, axis=-1)
-    return transforms.serve_int8(params, KERNELS) if serve else params
 
 
 def _model(config):

@@ -21,20 +21,14 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 import jax
-import matplotlib
-import numpy as np
 import optuna
 from flax import nnx
 
 from leanjax import data, losses, tune
 from leanjax.experiments import _launch
 from leanjax.models import CNN, functional
-from leanjax.optim import make_optimizer
 from leanjax.state import TrainState
 from leanjax.step import evaluate, make_eval_step, make_train_step
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
 
 # Search-space names -> the optimizer's injected hyperparameters. The optimizer's base learning rate is 1,
 # so the injected scale *is* the peak learning rate.
@@ -52,24 +46,14 @@ class Task:
     val: list
 
 
-def validation_split(source, size: int, seed: int) -> tuple[data.ArraySource, data.ArraySource]:
-    """A seeded random held-out slice of `source`: trials are scored on it, never on the test split.
-
-    Drawn by seed rather than sliced, so the held-out set can change with the study seed."""
-    examples = [source[i] for i in range(len(source))]
-    arrays = {k: np.stack([np.asarray(e[k]) for e in examples]) for k in examples[0]}
-    order = np.random.default_rng(seed).permutation(len(examples))
-    return (data.ArraySource({k: v[order[size:]] for k, v in arrays.items()}),
-            data.ArraySource({k: v[order[:size]] for k, v in arrays.items()}))
-
-
 def _cnn(config, features, dense, seed):
     return CNN(10, features=tuple(features), dense=dense, dropout=config.cnn.dropout, image_size=28,
                rngs=nnx.Rngs(seed))
 
 
 def _optimizer(config, num_steps: int):
-    return make_optimizer("adamw", learning_rate=1.0, total_steps=num_steps, warmup_steps=config.warmup_steps)
+    # Every trial sets its own rate and weight decay (`INJECTED`), so all of them share one compiled step.
+    return _launch.config_optimizer(config, num_steps=num_steps, inject_learning_rate=True)
 
 
 def build(config):
@@ -91,7 +75,7 @@ def make_task(config, *, features, dense, batch_size: int, num_steps: int) -> Ta
     step_fn = make_train_step(losses.classification_loss(apply_fn, inputs="image"), tx, jit=False)
     eval_step_fn = make_eval_step(losses.classification_metrics(apply_fn, inputs="image"), jit=False)
     eval_step = jax.jit(eval_step_fn)
-    train_src, val_src = validation_split(data.load("mnist5k", "train"), config.val_size, config.seed)
+    train_src, val_src = data.holdout_split(data.load("mnist5k", "train"), config.val_size, config.seed)
     val = list(data.eval_batches(val_src, config.eval_batch_size))
 
     # Jitted, so a trial's initialisation is one compiled call rather than dozens of eager ops.
@@ -138,44 +122,6 @@ def run_studies(config, storage, task: Task) -> dict[str, list[list]]:
                   f"best {study.best_value:.4f}", flush=True)
             out[method].append(tune.finished(study))
     return out
-
-
-def compare(studies: dict[str, list[list]], baseline: str = "random") -> tuple[dict, dict]:
-    """Per method: mean best, and mean steps to reach the baseline's final best of the same seed."""
-    metrics, headline = {}, {}
-    targets = [max(t.value for t in trials if t.state == optuna.trial.TrialState.COMPLETE)
-               for trials in studies[baseline]]
-    for method, per_seed in studies.items():
-        bests = [max(t.value for t in trials if t.state == optuna.trial.TrialState.COMPLETE) for trials in per_seed]
-        totals = [tune.best_so_far(trials)[-1][0] for trials in per_seed]
-        to_target = [tune.compute_to_target(trials, target) for trials, target in zip(per_seed, targets)]
-        # A seed that never reaches the target is charged its whole budget: the mean is then a lower bound.
-        charged = [s if s is not None else total for s, total in zip(to_target, totals)]
-        metrics[method] = dict(best=bests, total_steps=totals, compute_to_target=to_target,
-                               reached_target=sum(s is not None for s in to_target),
-                               pruned=[sum(t.state == optuna.trial.TrialState.PRUNED for t in trials)
-                                       for trials in per_seed])
-        headline[f"{method}.best"] = float(np.mean(bests))
-        headline[f"{method}.compute_to_target"] = float(np.mean(charged))
-    metrics["targets"] = targets
-    return metrics, headline
-
-
-def plot_history(studies: dict[str, list[list]], path: str) -> None:
-    fig, ax = plt.subplots(figsize=(6, 3.6), dpi=90)
-    for color, (method, per_seed) in zip(("tab:gray", "tab:blue", "tab:red", "tab:green"), studies.items()):
-        for i, trials in enumerate(per_seed):
-            points = [(s, b) for s, b in tune.best_so_far(trials) if b is not None]
-            ax.step(*zip(*points), where="post", color=color, alpha=0.8, lw=1.2, label=method if i == 0 else None)
-    ax.set_xscale("log")
-    ax.set_xlabel("training steps summed over trials")
-    ax.set_ylabel("best validation accuracy so far")
-    ax.set_title("optimisation history (one line per study seed)")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
 
 
 def population_benchmark(config, storage, name: str, task: Task, *, features, dense, batch_size: int,
@@ -245,8 +191,8 @@ def run(config, workdir):
     task = task_for(features=config.cnn.features, dense=config.cnn.dense, batch_size=config.batch_size,
                     num_steps=config.num_steps)
     studies = run_studies(config, storage, task)
-    metrics, headline = compare(studies)
-    plot_history(studies, f"{workdir}/history.png")
+    metrics = tune.compare_methods(studies, baseline="random")
+    tune.plot_history(studies, f"{workdir}/history.png")
 
     small = benchmark(f"{config.study_name}-population", features=config.cnn.features, dense=config.cnn.dense,
                       batch_size=config.batch_size, num_steps=p.num_steps)
@@ -255,9 +201,10 @@ def run(config, workdir):
         metrics["population"]["large"] = benchmark(
             f"{config.study_name}-population-large", features=p.large_features, dense=p.large_dense,
             batch_size=p.large_batch_size, num_steps=p.large_num_steps)
-    headline = {k: headline[k] for k in ("random.best", "tpe.best", "tpe_hyperband.best",
-                                         "tpe_hyperband.compute_to_target", "random.compute_to_target")
-                if k in headline}
+    headline = {f"{method}.{key}": metrics[method][f"mean_{key}"]
+                for method, key in (("random", "best"), ("tpe", "best"), ("tpe_hyperband", "best"),
+                                    ("tpe_hyperband", "compute_to_target"), ("random", "compute_to_target"))
+                if method in metrics}
     headline["speedup_vs_random"] = headline["random.compute_to_target"] / headline["tpe_hyperband.compute_to_target"]
     headline["population.speedup"] = small["speedup"]
     headline["population.n"] = small["n"]

@@ -36,11 +36,11 @@ from flax import nnx
 from leanjax import data, losses
 from leanjax.data.source import to_str
 from leanjax.experiments import _launch
-from leanjax.experiments.finetune import tweets
+from leanjax.experiments._minilm import tweets
 from leanjax.models import SequenceClassifier, TransformerConfig, functional
 from leanjax.state import TrainState
 from leanjax.step import evaluate, make_eval_step, make_train_step
-from leanjax.train import fit
+from leanjax.train import fit, plot_arm_curves, steps_to_target
 from leanjax.weights.embeddings import glove_vectors, init_embeddings, train_rows
 
 INPUTS = ("input_ids", "attention_mask")
@@ -111,34 +111,8 @@ def build(config):
                 eval=_source(tweets(config.eval_split, config.eval_examples, seed=0), vocab, config.seq_len))
 
 
-def _steps_to(curve: list[tuple[int, float]], target: float) -> int | None:
-    return next((s for s, acc in curve if acc >= target), None)
-
-
 def _mean(values: list) -> float | None:
     return None if not values or any(v is None for v in values) else float(np.mean(values))
-
-
-def _plot(curves: dict, target: float, path: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 3.6))
-    for (arm, runs), color in zip(curves.items(), ("tab:gray", "tab:blue", "tab:green")):
-        steps = [s for s, _ in runs[0]]
-        accs = np.array([[a for _, a in run] for run in runs])
-        ax.plot(steps, accs.mean(0), color=color, label=f"{arm} (mean of {len(runs)})")
-        ax.fill_between(steps, accs.min(0), accs.max(0), color=color, alpha=0.2)
-    ax.axhline(target, color="k", ls="--", lw=1, label="target")
-    ax.set(title="word-level tweet sentiment: GloVe vs random embeddings", xlabel="step",
-           ylabel="validation accuracy")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
 
 
 def run(config, workdir):
@@ -160,7 +134,7 @@ def _compare(config, workdir):
     init, vocab = parts["init"], parts["vocab"]
     unknown = set(config.arms) - set(ARMS)
     if unknown or not {"random", "warm"} <= set(config.arms):
-        raise ValueError(f"config.arms={config.arms}: needs 'random' and 'warm', may add {ARMS[2:]}")
+        raise _launch.ConfigError(f"config.arms={config.arms}: needs 'random' and 'warm', may add {ARMS[2:]}")
     eval_step = make_eval_step(parts["metrics"])
 
     def eval_fn(params):
@@ -189,12 +163,14 @@ def _compare(config, workdir):
             finals[arm].append(result.last_eval["accuracy"])
 
     target = min(finals["random"])
-    steps = {arm: [_steps_to(c, target) for c in curves[arm]] for arm in config.arms}
+    steps = {arm: [steps_to_target(c, target) for c in curves[arm]] for arm in config.arms}
     mean_steps = {arm: _mean(s) for arm, s in steps.items()}
     speedup = (mean_steps["random"] / mean_steps["warm"]
                if mean_steps["random"] and mean_steps["warm"] else None)
     os.makedirs(workdir, exist_ok=True)
-    _plot(curves, target, os.path.join(workdir, "learning_curves.png"))
+    plot_arm_curves({"validation accuracy": curves}, os.path.join(workdir, "learning_curves.png"),
+                    targets={"validation accuracy": target},
+                    title="word-level tweet sentiment: GloVe vs random embeddings")
     headline = {"warm.steps_to_target": mean_steps["warm"], "random.steps_to_target": mean_steps["random"],
                 "speedup": speedup, "warm.final_accuracy": float(np.mean(finals["warm"])),
                 "random.final_accuracy": float(np.mean(finals["random"])),

@@ -170,7 +170,10 @@ class Attention(nnx.Module):
 
     def __call__(self, x, mask, key):
         b, t, d = x.shape
-        heads = lambda y: checkpoint_name(y, "attn_qkv").reshape(b, t, self.num_heads, -1)
+
+        def heads(y):
+            return checkpoint_name(y, "attn_qkv").reshape(b, t, self.num_heads, -1)
+
         q, k, v = heads(self.query(x)), heads(self.key(x)), heads(self.value(x))
         scores = jnp.einsum("bqhd,bkhd->bhqk", q, k).astype(jnp.float32) / math.sqrt(q.shape[-1])
         if mask is not None:

@@ -21,14 +21,13 @@ import dataclasses
 import hashlib
 import json
 import os
-import statistics
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import jax
 
-from leanjax.audit import Memory, analyze, time_step
+from leanjax.audit import Memory, analyze, time_interleaved
 from leanjax.parallel.mesh import AXES, factorizations, make_mesh, spec_str
 
 BuildFn = Callable[[jax.sharding.Mesh], tuple[Callable, tuple]]
@@ -143,11 +142,8 @@ def analyse_candidate(build: BuildFn, shape: dict[str, int], devices: Sequence[j
 def measure(programs: Sequence[tuple[Callable, tuple]], *, steps: int = 5, rounds: int = 3) -> list[float]:
     """Median step time of each `(compiled, args)`, alternating between them `rounds` times so that
     drift on a shared machine hits every candidate alike."""
-    times: list[list[float]] = [[] for _ in programs]
-    for _ in range(rounds):
-        for i, (fn, args) in enumerate(programs):
-            times[i].append(time_step(fn, *args, warmup=1, iters=steps).median_s)
-    return [statistics.median(t) for t in times]
+    medians = time_interleaved(dict(enumerate(programs)), repeats=rounds, iters=steps)
+    return [medians[i] for i in range(len(programs))]
 
 
 def _reason(ranked: list[Candidate], memory_limit: int | None) -> str:

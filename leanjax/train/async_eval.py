@@ -251,7 +251,8 @@ class _Pinner(threading.Thread):
 
     def __init__(self, ckpt_dir: str, pinned_dir: str, seen: set[int], poll_s: float, on_skip: Callable[[int], None]):
         super().__init__(daemon=True, name="leanjax-pinner")
-        self.ckpt_dir, self.pinned_dir, self.seen, self.poll_s, self.on_skip = ckpt_dir, pinned_dir, seen, poll_s, on_skip
+        self.ckpt_dir, self.pinned_dir, self.seen = ckpt_dir, pinned_dir, seen
+        self.poll_s, self.on_skip = poll_s, on_skip
         self.lock = threading.Lock()
         self.last_new = time.monotonic()
         self._halt = threading.Event()

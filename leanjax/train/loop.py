@@ -8,7 +8,10 @@
 - a file `workdir/STOP` (an eval sidecar's early stop, or a person's) ends the run at the next log point;
 - a NaN/Inf loss stops the run with `NonFiniteLossError` naming the step; the last checkpoint saved
   before it stays the newest (a state is only ever saved after its losses were checked);
-- metrics go to `metrics.jsonl` and TensorBoard; a progress line shows steps/s and ETA.
+- metrics go to `metrics.jsonl` and TensorBoard; a progress line shows steps/s and ETA;
+- a run restarted after its final checkpoint trains nothing and returns what the finished run did: its
+  logged rows, its final evaluation (from the log) and its speed (`fit_stats.json`, written before the
+  final checkpoint), so the experiment's summary is the same as an uninterrupted run's.
 
 Per-step metrics stay on the device and are fetched once per `log_every` steps, so the host never
 stalls the accelerator between log points.
@@ -17,6 +20,7 @@ stalls the accelerator between log points.
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import os
 import signal
@@ -28,6 +32,8 @@ import numpy as np
 
 from leanjax.train.checkpoint import Checkpointer
 from leanjax.train.writers import MetricWriter, Progress, mean_rows
+
+STATS_FILE = "fit_stats.json"
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -42,10 +48,10 @@ class NonFiniteLossError(FloatingPointError):
 @dataclasses.dataclass
 class FitResult:
     state: Any
-    history: list[dict]          # the rows written this run (train and eval)
+    history: list[dict]          # the log's rows (train and eval), earlier runs' up to the resume step included
     start_step: int              # the step this run resumed from (0 for a fresh run)
     steps_per_s: float           # wall-clock rate incl. data loading; excludes compile, eval, checkpoints
-    compile_s: float
+    compile_s: float             # (both of the run that trained the last steps, when this one trained none)
     preempted: bool = False
     last_eval: dict | None = None
 
@@ -91,7 +97,7 @@ def fit(state: Any, train_step: Callable, train_iter: Iterator, *, num_steps: in
         print(f"[{desc}] resumed from checkpoint at step {start} in {ckpt.directory}", flush=True)
     writer = MetricWriter(workdir, resume_step=start)
     bar = Progress(num_steps, initial=start, desc=desc, enabled=progress)
-    history: list[dict] = []
+    history: list[dict] = list(writer.resumed_rows)
     pending: list[tuple[int, dict]] = []
     last_saved = ckpt.latest_step()
     compile_s, overhead, train_time, t_train = 0.0, 0.0, 0.0, time.perf_counter()
@@ -148,7 +154,9 @@ def fit(state: Any, train_step: Callable, train_iter: Iterator, *, num_steps: in
                 step += 1
                 pending.append((step, metrics))
                 due_eval = eval_fn is not None and eval_every and step % eval_every == 0 and step < num_steps
-                due_save = checkpoint_every and step % checkpoint_every == 0
+                # The final step is saved after the final evaluation and fit_stats.json (below), so that a
+                # final checkpoint implies both.
+                due_save = checkpoint_every and step % checkpoint_every == 0 and step < num_steps
                 if step % log_every == 0 or step == num_steps or due_eval or due_save:
                     flush()  # waits for the step: counted as training time
                     stopped = stopped or os.path.exists(stop_file)
@@ -173,14 +181,49 @@ def fit(state: Any, train_step: Callable, train_iter: Iterator, *, num_steps: in
             else:
                 flush()
                 train_time = time.perf_counter() - t_train - overhead
-                if eval_fn is not None:
+                logged_eval = _logged_eval(history, step) if step == start else None
+                if logged_eval:  # restarted after the final checkpoint: this step was evaluated already
+                    last_eval = logged_eval
+                elif eval_fn is not None:
                     run_eval(step)
                 if last_saved != step:
+                    _write_stats(workdir, step, (step - start) / train_time if train_time > 0 else math.nan,
+                                 compile_s)
                     save(step)
     finally:
         bar.close()
         writer.close()
         ckpt.close()
     steps_per_s = (step - start) / train_time if step > start and train_time > 0 else float("nan")
+    if step == start:  # nothing trained here: the speed of the run that trained these steps
+        steps_per_s, compile_s = _read_stats(workdir, step, steps_per_s, compile_s)
     return FitResult(state=state, history=history, start_step=start, steps_per_s=steps_per_s,
                      compile_s=compile_s, preempted=preempted, last_eval=last_eval)
+
+
+def _logged_eval(history: list[dict], step: int) -> dict | None:
+    """The evaluation logged at `step` (`eval_` keys, prefix dropped), or None."""
+    row = next((r for r in reversed(history) if r["step"] == step and any(k.startswith("eval_") for k in r)), None)
+    if row is None:
+        return None
+    return {k.removeprefix("eval_"): float(v) if isinstance(v, str) else v  # 'nan' / 'inf' as logged
+            for k, v in row.items() if k.startswith("eval_")}
+
+
+def _write_stats(workdir: str, step: int, steps_per_s: float, compile_s: float) -> None:
+    path = os.path.join(workdir, STATS_FILE)
+    with open(path + ".tmp", "w") as f:
+        json.dump({"step": step, "steps_per_s": repr(steps_per_s), "compile_s": repr(compile_s)}, f)
+    os.replace(path + ".tmp", path)
+
+
+def _read_stats(workdir: str, step: int, steps_per_s: float, compile_s: float) -> tuple[float, float]:
+    """The speed `_write_stats` recorded for a run that ended at `step`, else the given figures."""
+    path = os.path.join(workdir, STATS_FILE)
+    if not os.path.exists(path):
+        return steps_per_s, compile_s
+    with open(path) as f:
+        stats = json.load(f)
+    if stats.get("step") != step:
+        return steps_per_s, compile_s
+    return float(stats["steps_per_s"]), float(stats["compile_s"])

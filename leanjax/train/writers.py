@@ -39,6 +39,7 @@ class MetricWriter:
         rows = [r for r in read_jsonl(self.path) if r["step"] <= resume_step]
         with open(self.path, "w") as f:  # drop what a killed run wrote after its last checkpoint
             f.writelines(json.dumps(r) + "\n" for r in rows)
+        self.resumed_rows = rows  # what earlier runs logged up to the resume step
         self._file = open(self.path, "a")
         self._tb = None
         if tensorboard:

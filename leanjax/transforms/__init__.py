@@ -38,19 +38,39 @@ __all__ = [
 
 # Pruning (masks, schedules, N:M), structured compaction, packed 2:4 weights, distillation losses.
 from leanjax.transforms.compact import (  # noqa: E402
-    Group, Slot, cnn_groups, compact, mlp_groups, structured_masks, transformer_groups,
+    Group,
+    Slot,
+    cnn_groups,
+    compact,
+    mlp_groups,
+    structured_masks,
+    transformer_groups,
 )
 from leanjax.transforms.distill import (  # noqa: E402
-    cache_topk, distill_trainable, distillation_loss, kd_loss, offline_distillation_loss, topk_kd_loss,
+    cache_topk,
+    distill_trainable,
+    distillation_loss,
+    kd_loss,
+    offline_distillation_loss,
+    topk_kd_loss,
 )
 from leanjax.transforms.prune import (  # noqa: E402
-    apply_masks, keep_masks, magnitude, masks_of, nm_masks, polynomial_schedule, prune_by_schedule,
+    apply_masks,
+    complete_masks,
+    gradual_pruning,
+    keep_masks,
+    magnitude,
+    masks_of,
+    nm_masks,
+    polynomial_schedule,
+    prune_by_schedule,
 )
 from leanjax.transforms.sparse24 import Packed24, encode24, pack24  # noqa: E402
 
 __all__ += [
     "Group", "Slot", "cnn_groups", "compact", "mlp_groups", "structured_masks", "transformer_groups",
     "cache_topk", "distill_trainable", "distillation_loss", "kd_loss", "offline_distillation_loss",
-    "topk_kd_loss", "apply_masks", "keep_masks", "magnitude", "masks_of", "nm_masks", "polynomial_schedule",
+    "topk_kd_loss", "apply_masks", "complete_masks", "gradual_pruning", "keep_masks", "magnitude", "masks_of",
+    "nm_masks", "polynomial_schedule",
     "prune_by_schedule", "Packed24", "encode24", "pack24",
 ]

@@ -16,6 +16,9 @@ removed) and `leanjax.transforms.sparse24` (2:4 weights stored as half the value
   state holds the masks; every `update_every` steps in the schedule's window it recomputes them from the
   updated params, and after every step it re-applies them (masked gradients, pruned params held at 0).
   `keep_masks(inner, masks)` is the same with fixed masks (fine-tuning after one-shot or N:M pruning).
+- `gradual_pruning(make_inner, mask_fn, ramp_steps)`: `prune_by_schedule` on Zhu & Gupta's schedule with the
+  final sparsity an injected hyperparameter, so every target sparsity trains with one compiled step;
+  `complete_masks(masks, other)` gives two mask trees the same pruned leaves, for the same reason.
 - `report(params, masks=None)`: sparsity per layer and overall, from the zeros actually stored.
 
 Structured units (neurons, conv channels, attention heads) are in `leanjax.transforms.compact`.
@@ -53,8 +56,9 @@ def apply_masks(params: Any, masks: Masks) -> Any:
 
 
 def _targeted(params: Any, targets: Targets) -> Any:
-    """A params-shaped tree: True at targeted leaves, None elsewhere."""
-    return select(jax.tree.map(lambda _: False, params), targets, lambda path, _: True)
+    """A params-shaped tree: True at targeted leaves, False elsewhere. The targets see the real leaves, so a
+    predicate may look at their shapes."""
+    return jax.tree.map(lambda x: x is True, select(params, targets, lambda path, _: True))
 
 
 def _keep_top(scores: jax.Array, sparsity: jax.Array) -> jax.Array:
@@ -193,6 +197,47 @@ def keep_masks(inner: optax.GradientTransformation, masks: Masks) -> optax.Gradi
         return _mask_updates(state.masks, updates, params), PruneState(inner_state, state.masks, state.count + 1)
 
     return optax.GradientTransformation(init, update)
+
+
+def gradual_pruning(make_inner: Callable[[], optax.GradientTransformation], mask_fn: MaskFn, ramp_steps: int, *,
+                    update_every: int = 1) -> optax.GradientTransformation:
+    """Zhu & Gupta's gradual pruning over the first `ramp_steps` updates, its final sparsity injected.
+
+    Args:
+      make_inner: builds the optimizer to wrap (called inside `optax.inject_hyperparams`).
+      mask_fn: `(params, sparsity) -> masks`, e.g. `magnitude(targets)`.
+      ramp_steps: updates over which the sparsity ramps (cubically) from 0 to its final value.
+      update_every: recompute the masks every this many updates during the ramp.
+
+    Returns:
+      An `optax.GradientTransformation` whose state holds the masks and `hyperparams["sparsity"]` (0 until
+      set, e.g. with `leanjax.optim.set_hyperparams(state, sparsity=0.75)`): runs at different final
+      sparsities share one compiled train step.
+    """
+    # The cubic ramp from 0 is linear in its final value: the schedule for `sparsity` is sparsity * unit / 0.5.
+    unit = polynomial_schedule(0.5, 0, ramp_steps)
+
+    def make(sparsity):
+        return prune_by_schedule(make_inner(), lambda step: sparsity * unit(step) / 0.5, mask_fn,
+                                 update_every=update_every, end_step=ramp_steps)
+
+    return optax.inject_hyperparams(make)(sparsity=0.0)
+
+
+def complete_masks(masks: Masks, other: Masks) -> Masks:
+    """Gives `masks` a mask at every leaf `other` prunes.
+
+    Args:
+      masks: a mask tree.
+      other: a mask tree of the same params.
+
+    Returns:
+      `masks` with an all-True (keep everything) mask wherever only `other` has one, so two fine-tunes with
+      `keep_masks` over `complete_masks(a, b)` and `complete_masks(b, a)` have states of one structure and
+      share one compiled train step.
+    """
+    return jax.tree.map(lambda a, b: jnp.ones_like(b) if a is None and b is not None else a, masks, other,
+                        is_leaf=_is_none)
 
 
 def masks_of(opt_state: Any) -> Masks:

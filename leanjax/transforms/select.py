@@ -13,8 +13,8 @@ from typing import Any
 
 import jax
 
-from leanjax.trees import path_str
 from leanjax.transforms.typed import is_typed
+from leanjax.trees import path_str
 
 Targets = str | Callable[[str, Any], bool]
 

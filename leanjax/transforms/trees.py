@@ -14,8 +14,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from leanjax.trees import combine, partition
 from leanjax.transforms.typed import dense_compiled, is_typed
+from leanjax.trees import combine, partition
 
 __all__ = ["combine", "merge", "partition", "trainable", "weight_bytes"]
 

@@ -8,12 +8,12 @@
 - `population`: N trials in one XLA program by vmapping over `optax.inject_hyperparams` state.
 """
 
+from leanjax.optim import set_hyperparams
 from leanjax.tune.population import (
     PopulationResult,
     make_population_eval,
     make_population_step,
     optimize_population,
-    set_hyperparams,
     stack,
     take,
     train_population,
@@ -24,19 +24,22 @@ from leanjax.tune.storage import fail_stale_trials, heartbeat, open_storage, sto
 from leanjax.tune.study import (
     STEPS_ATTR,
     best_so_far,
+    compare_methods,
     compute_to_target,
     finished,
     make_pruner,
     make_sampler,
     open_study,
+    plot_history,
     pruning_reporter,
     run_worker,
 )
 from leanjax.tune.trial import TrialResult, train_trial
 
 __all__ = [
-    "PopulationResult", "STEPS_ATTR", "TrialResult", "best_so_far", "compute_to_target", "distributions",
-    "fail_stale_trials", "finished", "heartbeat", "make_population_eval", "make_population_step",
-    "make_pruner", "make_sampler", "open_storage", "open_study", "optimize_population", "pruning_reporter", "run_worker",
-    "set_hyperparams", "stack", "storage_url", "take", "train_population", "train_trial", "unstack",
+    "PopulationResult", "STEPS_ATTR", "TrialResult", "best_so_far", "compare_methods", "compute_to_target",
+    "distributions", "fail_stale_trials", "finished", "heartbeat", "make_population_eval", "make_population_step",
+    "make_pruner", "make_sampler", "open_storage", "open_study", "optimize_population", "plot_history",
+    "pruning_reporter", "run_worker", "set_hyperparams", "stack", "storage_url", "take", "train_population",
+    "train_trial", "unstack",
 ]

@@ -31,19 +31,6 @@ from leanjax.tune.storage import heartbeat
 from leanjax.tune.study import STEPS_ATTR, ask
 
 
-def set_hyperparams(state: Any, **values: float) -> Any:
-    """`state` with `opt_state.hyperparams[name] = value` for each injected hyperparameter given."""
-    hyper = getattr(state.opt_state, "hyperparams", None)
-    if hyper is None:
-        raise ValueError("the optimizer state has no injected hyperparameters: build the optimizer with "
-                         "optax.inject_hyperparams (leanjax.optim.make_optimizer does)")
-    unknown = sorted(set(values) - set(hyper))
-    if unknown:
-        raise KeyError(f"no injected hyperparameter {unknown}; the optimizer injects {sorted(hyper)}")
-    new = {**hyper, **{k: jnp.asarray(v, dtype=jnp.asarray(hyper[k]).dtype) for k, v in values.items()}}
-    return state.replace(opt_state=state.opt_state._replace(hyperparams=new))
-
-
 def stack(states: Sequence[Any]) -> Any:
     """Stack same-structure pytrees along a new leading (member) axis."""
     if not states:
@@ -139,8 +126,8 @@ def optimize_population(study: optuna.Study, *, space: Mapping, n: int,
     """Ask `n` trials, train them as one population, tell each its own result.
 
     `init_state(params, member) -> TrainState` builds member `member`'s state from its sampled `params`
-    (typically `set_hyperparams(TrainState.create(...), ...)` with a per-member seed). Each trial reports
-    `metrics[key]` at every evaluation and is pruned when its pruner says so.
+    (typically `leanjax.optim.set_hyperparams(TrainState.create(...), ...)` with a per-member seed). Each
+    trial reports `metrics[key]` at every evaluation and is pruned when its pruner says so.
     """
     dists = distributions(space)
     trials = [ask(study, dists) for _ in range(n)]

@@ -151,6 +151,74 @@ def compute_to_target(trials: Sequence[FrozenTrial], target: float, direction: s
     return None
 
 
+def compare_methods(studies: Mapping[str, Sequence[Sequence[FrozenTrial]]], baseline: str = "random",
+                    direction: str = "maximize") -> dict:
+    """Search methods compared at equal budgets, study seed by study seed, against a baseline method.
+
+    Args:
+      studies: method -> one list of finished trials per study seed (the same seeds, in the same order, for
+        every method); `STEPS_ATTR` counts each trial's training steps.
+      baseline: the method whose final best on each seed is that seed's target.
+      direction: "maximize" or "minimize" the trials' values.
+
+    Returns:
+      `{"targets": [per-seed target], method: {"best", "total_steps", "compute_to_target", "reached_target",
+      "pruned", "mean_best", "mean_compute_to_target"}}`: per seed the best value, the training steps spent,
+      the steps spent until the target was first reached (None: never), how many seeds reached it, how many
+      trials were pruned; then the means over seeds, a seed that never reaches the target charged its whole
+      budget (so that mean is a lower bound).
+    """
+    if baseline not in studies:
+        raise ValueError(f"no {baseline!r} studies to set the targets; methods: {sorted(studies)}")
+    better = max if direction == "maximize" else min
+
+    def best(trials):
+        return better(t.value for t in trials if t.state == TrialState.COMPLETE)
+
+    targets = [best(trials) for trials in studies[baseline]]
+    out: dict = {"targets": targets}
+    for method, per_seed in studies.items():
+        bests = [best(trials) for trials in per_seed]
+        totals = [best_so_far(trials, direction)[-1][0] for trials in per_seed]
+        to_target = [compute_to_target(trials, target, direction) for trials, target in zip(per_seed, targets)]
+        charged = [s if s is not None else total for s, total in zip(to_target, totals)]
+        out[method] = {"best": bests, "total_steps": totals, "compute_to_target": to_target,
+                       "reached_target": sum(s is not None for s in to_target),
+                       "pruned": [sum(t.state == TrialState.PRUNED for t in trials) for trials in per_seed],
+                       "mean_best": float(np.mean(bests)), "mean_compute_to_target": float(np.mean(charged))}
+    return out
+
+
+def plot_history(studies: Mapping[str, Sequence[Sequence[FrozenTrial]]], path: str,
+                 direction: str = "maximize") -> None:
+    """Writes a PNG of each study's best value so far against training steps summed over trials.
+
+    Args:
+      studies: method -> one list of finished trials per study seed (one line per seed, a colour per method).
+      path: the PNG to write.
+      direction: "maximize" or "minimize".
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.6), dpi=90)
+    for color, (method, per_seed) in zip(("tab:gray", "tab:blue", "tab:red", "tab:green"), studies.items()):
+        for i, trials in enumerate(per_seed):
+            points = [(s, b) for s, b in best_so_far(trials, direction) if b is not None]
+            ax.step(*zip(*points), where="post", color=color, alpha=0.8, lw=1.2, label=method if i == 0 else None)
+    ax.set_xscale("log")
+    ax.set_xlabel("training steps summed over trials")
+    ax.set_ylabel("best value so far")
+    ax.set_title("optimisation history (one line per study seed)")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
 def pruning_reporter(trial: optuna.Trial, key: str) -> Callable[[int, Mapping[str, float]], bool]:
     """`report(step, metrics) -> stop` for `train_trial`: report `metrics[key]` and ask the pruner."""
     def report(step: int, metrics: Mapping[str, float]) -> bool:

@@ -31,7 +31,12 @@ from flax.nnx import traversals
 
 from leanjax.models.transformer import Transformer, TransformerConfig
 from leanjax.weights.files import (
-    PICKLE_SUFFIXES, checkpoint_files, header, iter_tensors, refuse_pickle, write_safetensors,
+    PICKLE_SUFFIXES,
+    checkpoint_files,
+    header,
+    iter_tensors,
+    refuse_pickle,
+    write_safetensors,
 )
 from leanjax.weights.keymaps import KeyMap, Rule, key_map_for
 

@@ -1,0 +1,1 @@
+"""Experiment configs: `<name>/default.py` defines `get_config(arg)`; `common.py` holds their shared parts."""
