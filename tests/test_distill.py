@@ -87,3 +87,19 @@ def test_preempted_fit_stops_the_experiment():
     assert _minilm.finished(done) is done
     with pytest.raises(_minilm.Preempted):
         _minilm.finished(SimpleNamespace(preempted=True))
+
+
+def test_teacher_labelled_pool_keeps_the_first_labels_and_takes_the_teacher_class_elsewhere():
+    from leanjax.transforms.distill import teacher_labelled_pool
+
+    arrays = {"input_ids": np.arange(10).reshape(5, 2), "label": np.array([0, 1, 2, 0, 1], np.int32)}
+    cache = {"teacher_values": np.zeros((5, 2), np.float32),
+             "teacher_indices": np.array([[2, 0], [2, 1], [1, 0], [1, 2], [0, 1]], np.int32)}
+    pool = teacher_labelled_pool(arrays, cache, 2)
+    assert pool["label"].tolist() == [0, 1, 1, 1, 0]
+    assert pool["labelled"].tolist() == [True, True, False, False, False]
+    assert pool["teacher_indices"] is cache["teacher_indices"] and pool["label"].dtype == np.int32
+    with pytest.raises(ValueError, match="num_labelled=6"):
+        teacher_labelled_pool(arrays, cache, 6)
+    with pytest.raises(ValueError, match="teacher cache has 4 rows"):
+        teacher_labelled_pool(arrays, {k: v[:4] for k, v in cache.items()}, 2)

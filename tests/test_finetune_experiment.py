@@ -4,7 +4,9 @@ import json
 
 from leanjax.experiments import _launch, finetune
 
-HEADLINE = {"finetuned_accuracy", "scratch_accuracy", "steps_to_match_scratch", "speedup", "compute_saved"}
+HEADLINE = {"finetuned_accuracy", "scratch_accuracy", "steps_to_match_scratch", "speedup", "compute_saved",
+            "fast_start.finetuned_accuracy", "fast_start.scratch_accuracy", "fast_start.scratch_learning_rate",
+            "fast_start.steps_to_match_scratch", "fast_start.speedup"}
 
 
 def test_steps_to_match_is_the_first_eval_at_or_above_the_target():
@@ -27,3 +29,9 @@ def test_tiny_writes_every_headline_key(tmp_path):
     assert [s for s, _ in metrics["eval_curves"]["finetuned"]] == [4, 8]
     assert metrics["eval_curves"]["scratch"][-1][1] == summary["headline"]["scratch_accuracy"]
     assert (tmp_path / "learning_curves.png").stat().st_size > 1000
+    # The fast-start arm trained its own run; scratch at 2e-4 (the tiny's only rate) reuses the main one.
+    head = summary["headline"]
+    assert head["fast_start.scratch_learning_rate"] == 2e-4
+    assert head["fast_start.scratch_accuracy"] == head["scratch_accuracy"]
+    assert [s for s, _ in metrics["fast_start"]["eval_curves"]["finetuned"]] == [4, 8]
+    assert (tmp_path / "fast_start" / "finetuned").is_dir()

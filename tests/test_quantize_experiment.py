@@ -15,7 +15,9 @@ from leanjax.models import SequenceClassifier, TransformerConfig, functional
 
 HEADLINE = {"int8.size_ratio", "int4.size_ratio", "int8.accuracy_delta", "int4.accuracy_delta",
             "int8.throughput_ratio", "int4.throughput_ratio", "qwix_int8.accuracy_delta",
-            "qwix_int8.throughput_ratio"}
+            "qwix_int8.throughput_ratio", "int8_sweep.best_throughput_ratio", "int8_sweep.worst_throughput_ratio",
+            "int8_split.int8_dot_speedup", "int8_split.layer_speedup", "int8_split.quantize_share",
+            "int8_split.rescale_share"}
 
 
 def _model():
@@ -63,3 +65,6 @@ def test_tiny_writes_every_headline_key(tmp_path):
     assert set(summary["headline"]) == HEADLINE
     assert summary["headline"]["int8.size_ratio"] <= 0.26
     assert all(math.isfinite(v) for k, v in summary["headline"].items() if not k.startswith("qwix"))
+    sweep = summary["metrics"]["int8_sweep"]
+    assert set(sweep) == {"4x8", "8x16"} and all(r["f32"] == 1.0 and r["int8"] > 0 for r in sweep.values())
+    assert 0 < summary["headline"]["int8_split.quantize_share"] < 1

@@ -86,10 +86,13 @@ def test_tiny_experiment_writes_every_headline_key(tmp_path):
     argv = ["--config", "configs/remat/default.py:tiny", "--workdir", str(tmp_path)]
     assert _launch.main("remat", remat.run, argv) == 0
     summary = json.loads((tmp_path / "summary.json").read_text())
-    assert set(summary["headline"]) == {f"{p}.{k}" for p in ("none", "dots", "nothing", "names")
-                                        for k in ("memory_ratio", "step_time_ratio")} | {"auto.policy",
-                                                                                           "auto.max_batch_ratio"}
+    assert set(summary["headline"]) == {f"{p}.{k}" for p in ("none", "dots", "nothing", "names", "segment")
+                                        for k in ("memory_ratio", "step_time_ratio")} | {
+        "auto.policy", "auto.max_batch_ratio", "bound.nothing_memory_ratio", "depth.nothing_memory_ratio"}
     headline = summary["headline"]
     assert headline["none.memory_ratio"] == 1.0 and headline["nothing.memory_ratio"] < 1.0
     assert headline["auto.max_batch_ratio"] >= 1.0
     assert headline["auto.policy"] in summary["metrics"]["auto"]["reason"]
+    # The bound is below what `nothing` reaches (it removes saved block inputs) and above zero.
+    assert 0 < headline["bound.nothing_memory_ratio"] <= headline["nothing.memory_ratio"]
+    assert summary["metrics"]["depth_trend"][0]["num_layers"] == 4

@@ -31,6 +31,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.eval_batch_size = 64
     c.throughput_batch = 64
     c.timing_rounds = 3
+    # Regime arm (issue 19): few labels, the rest of the training tweets unlabelled and teacher-labelled.
+    c.few_labels = ml_collections.ConfigDict()
+    c.few_labels.labels = 256            # of the teacher's 4,096 training tweets
+    c.few_labels.sweep = ((1.0, 1.0), (2.0, 1.0), (4.0, 1.0), (2.0, 0.5))   # (temperature, alpha)
     if arg == "tiny":
         common.tiny_minilm_teacher(c.teacher, train_examples=64, eval_examples=32)
         c.student_layers = 1
@@ -40,6 +44,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         c.eval_batch_size = 32
         c.throughput_batch = 16
         c.timing_rounds = 1
+        c.few_labels.labels = 16
+        c.few_labels.sweep = ((2.0, 1.0),)
     else:
         common.check_variant(arg, "tiny")
     return c

@@ -26,9 +26,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.train_examples = 6000
     c.eval_examples = 1024
     c.timing_rounds = 5
+    # int8_sweep: (batch, seq) shapes at which W8A8 and f32 serving are timed side by side.
+    c.serve_shapes = ((8, 16), (64, 48), (256, 48), (64, 128))
 
     if arg == "tiny":
         common.tiny_minilm_tweets(c, num_steps=2, train_examples=64, eval_examples=64, timing_rounds=1, log_every=5)
+        c.serve_shapes = ((4, 8), (8, 16))
     else:
         common.check_variant(arg, "tiny")
     return c

@@ -28,7 +28,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         tokenizer="char", seq_len=128, hidden_size=256, num_layers=4, num_heads=4, intermediate_size=1024,
         dropout=0.0, scan_layers=True, remat="none"))
     # The first policy is the reference of every ratio.
-    c.policies = ("none", "dots", "nothing", "names:attn_qkv,attn_out")
+    c.policies = ("none", "dots", "nothing", "names:attn_qkv,attn_out", "segment:2")
+    c.depth_trend = (8, 12, 16)   # `nothing` vs `none` compiled peaks at these depths (compile only)
     c.rounds = 5                  # timed calls per policy, alternating between policies (median)
     c.budget_fraction = 0.5       # auto's memory budget: this fraction of `none`'s compiled peak
     c.max_batch_limit = 1024      # max-batch search: largest batch tried
@@ -44,6 +45,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         c.rounds = 2
         c.max_batch_limit = 16
         c.whatif = False  # four more compiles; the default run reports it
+        c.depth_trend = (4,)
     else:
         common.check_variant(arg, "tiny")
     return c

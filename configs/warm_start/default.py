@@ -39,6 +39,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.eval_batch_size = 512
     c.eval_every = 25
     c.progress = False
+    c.embedding_centre = False  # subtract GloVe's mean row before scaling
+    # Regime arm (issue 19): few labels, centred GloVe rows at the model's init RMS; these override the above.
+    c.few_labels = ml_collections.ConfigDict(dict(
+        enabled=True, train_examples=500, embedding_scale=0.02, embedding_centre=True, num_steps=300,
+        warmup_steps=10, eval_every=10, eval_examples=1000, arms=("random", "warm")))
 
     if arg == "tiny":
         c.seeds = (0,)
@@ -51,6 +56,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         c.eval_examples = 128
         c.eval_batch_size = 128
         c.eval_every = 5
+        c.few_labels.update(dict(train_examples=200, num_steps=10, eval_every=5, eval_examples=128))
     else:
         common.check_variant(arg, "tiny")
     return c

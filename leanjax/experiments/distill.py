@@ -13,6 +13,14 @@ Every student arm starts from the same init and trains for the same steps on the
 - `offline`: KD against the teacher's top-`topk` logits cached once per example id (`cache_topk`),
   no teacher in memory while the student trains.
 
+Regime arm `few_labels` (issue 19): the student sees only the first `few_labels.labels` training tweets
+labelled; the rest of the training tweets are an unlabelled pool that only the teacher labels (its cached
+top-k logits, and its top class as the label; `teacher_labelled_pool`). KD students at each
+`(temperature, alpha)` of `few_labels.sweep` train on the whole pool, the label-only control on the
+labelled tweets alone; same init, steps and batch size. Headline: `few_labels.label_only_accuracy`,
+`few_labels.student_accuracy` (the best sweep point; all points in metrics), `few_labels.gain` (points),
+`few_labels.retention` (vs the teacher).
+
 Headline: `teacher_accuracy`, `student_accuracy`, `label_only_accuracy`, `retention` (student /
 teacher), `student_params_ratio`, `student_throughput_ratio` (inference examples/s vs the teacher,
 timed alternately), `int8_teacher.student_accuracy`, `offline.student_accuracy`.
@@ -36,7 +44,13 @@ from leanjax.state import TrainState
 from leanjax.step import make_train_step
 from leanjax.train import fit
 from leanjax.transforms import apply, quantize
-from leanjax.transforms.distill import cache_topk, distill_trainable, distillation_loss, offline_distillation_loss
+from leanjax.transforms.distill import (
+    cache_topk,
+    distill_trainable,
+    distillation_loss,
+    offline_distillation_loss,
+    teacher_labelled_pool,
+)
 from leanjax.trees import count_params
 
 INPUTS = _minilm.INPUTS
@@ -116,6 +130,26 @@ def _plot(headline, path):
     plt.close(fig)
 
 
+def few_labels(c, student_apply, student, train, cache, acc, teacher_accuracy, workdir) -> dict:
+    """The few-label regime: label-only on `few_labels.labels` tweets vs KD on the teacher-labelled pool."""
+    f = c.few_labels
+    labelled = ArraySource({k: v[:f.labels] for k, v in train.arrays.items()})
+    pool = ArraySource(teacher_labelled_pool(train.arrays, cache, f.labels))
+    label_only = acc(student_apply, _train(losses.classification_loss(student_apply, inputs=INPUTS), student,
+                                           labelled, c, os.path.join(workdir, "few_labels", "label_only"),
+                                           "distill/few_labels/label_only"))
+    sweep = {}
+    for temperature, alpha in f.sweep:
+        name = f"T{temperature:g}_a{alpha:g}"
+        loss = offline_distillation_loss(student_apply, inputs=INPUTS, alpha=alpha, temperature=temperature)
+        sweep[name] = acc(student_apply, _train(loss, student, pool, c, os.path.join(workdir, "few_labels", name),
+                                                f"distill/few_labels/{name}"))
+    best = max(sweep, key=sweep.get)
+    return {"label_only_accuracy": label_only, "student_accuracy": sweep[best],
+            "gain": 100 * (sweep[best] - label_only), "retention": sweep[best] / teacher_accuracy,
+            "sweep": {"best": best, "accuracy": sweep, "labels": f.labels, "pool": len(pool)}}
+
+
 def run(config, workdir):
     try:
         return _run(config, workdir)
@@ -149,6 +183,7 @@ def _run(config, workdir):
     trained["offline"] = _train(offline, student, offline_train, c, os.path.join(workdir, "offline"), "distill/offline")
 
     accuracy = {"teacher": acc(teacher_apply, teacher), **{k: acc(student_apply, p) for k, p in trained.items()}}
+    few = few_labels(c, student_apply, student, train, cache, acc, accuracy["teacher"], workdir)
     batch = next(iter(data.eval_batches(test, c.throughput_batch)))
     x = tuple(jnp.asarray(batch[k]) for k in INPUTS)
     speed = _minilm.throughput_ratios({"teacher": (teacher_apply, teacher),
@@ -159,10 +194,11 @@ def _run(config, workdir):
         "student_params_ratio": count_params(trained["student"]) / count_params(teacher),
         "student_throughput_ratio": speed["student"],
         "int8_teacher.student_accuracy": accuracy["int8_teacher"], "offline.student_accuracy": accuracy["offline"],
+        **{f"few_labels.{k}": v for k, v in few.items() if k != "sweep"},
     }
     _plot(headline, os.path.join(workdir, "accuracy.png"))
     metrics = {"student_params": count_params(trained["student"]), "teacher_params": count_params(teacher),
-               "train_examples": len(train), "eval_examples": len(test)}
+               "train_examples": len(train), "eval_examples": len(test), "few_labels_sweep": few["sweep"]}
     return metrics, headline
 
 

@@ -78,6 +78,31 @@ def _plot(curves: dict, losses_by_arm: dict, target: float, path: str) -> None:
     plt.close(fig)
 
 
+def fast_start(config, parts, results, train):
+    """The regime arm: fine-tuning with the schedule that starts fastest (a larger peak rate, a short
+    warmup) against scratch at the best of `scratch_learning_rates` (its own best rate, not ours).
+
+    Returns `(headline entries, metrics)`; `results` holds the main arms (a scratch rate equal to
+    `scratch_learning_rate` reuses that run)."""
+    fs = config.fast_start
+    runs = {"finetuned": train("fast_start/finetuned", parts["params"], fs.learning_rate, fs.warmup_steps)}
+    for lr in fs.scratch_learning_rates:
+        runs[f"scratch@{lr:g}"] = (results["scratch"] if lr == config.scratch_learning_rate else
+                                   train(f"fast_start/scratch@{lr:g}", parts["scratch_params"], lr))
+    if any(r.preempted for r in runs.values()):
+        return {}, {"preempted": True}
+    final = {arm: r.last_eval["accuracy"] for arm, r in runs.items()}
+    best = max((a for a in runs if a.startswith("scratch")), key=final.get)
+    match = steps_to_target(_eval_curve(runs["finetuned"].history), final[best])
+    speedup = config.num_steps / match if match else None
+    headline = {"fast_start.finetuned_accuracy": final["finetuned"], "fast_start.scratch_accuracy": final[best],
+                "fast_start.scratch_learning_rate": float(best.split("@")[1]),
+                "fast_start.steps_to_match_scratch": match, "fast_start.speedup": speedup}
+    metrics = {"final_accuracy": final, "eval_curves": {a: _eval_curve(r.history) for a, r in runs.items()},
+               "learning_rate": fs.learning_rate, "warmup_steps": fs.warmup_steps}
+    return headline, metrics
+
+
 def run(config, workdir):
     parts = build(config)
     eval_step = make_eval_step(parts["metrics"])
@@ -87,24 +112,31 @@ def run(config, workdir):
     def eval_fn(params):
         return evaluate(eval_step, params, data.eval_batches(parts["eval"], config.eval_batch_size))
 
-    tx = parts["tx"]
-    train_step = make_train_step(parts["loss"], tx)
-    results = {}
-    for arm in ARMS:
+    def train(arm, start, learning_rate, warmup_steps=None):
         # A copy: the step donates its state, and the arms share the head's init arrays.
         # The peak rate is injected (held in the optimizer state), so the arms share one compiled train step.
-        arm_tx = _launch.config_optimizer(config, learning_rate=learning_rates[arm], inject_learning_rate=True)
-        state = TrainState.create(jax.tree.map(jnp.copy, starts[arm]), arm_tx, jax.random.key(config.seed))
-        # A fresh iterator with the same seed: both arms see the same batches in the same order.
+        tx = _launch.config_optimizer(config, learning_rate=learning_rate, warmup_steps=warmup_steps,
+                                      inject_learning_rate=True)
+        state = TrainState.create(jax.tree.map(jnp.copy, start), tx, jax.random.key(config.seed))
+        # A fresh iterator with the same seed: every arm sees the same batches in the same order.
         batches = data.batches(parts["train"], batch_size=config.batch_size, seed=config.seed)
         arm_dir = os.path.join(workdir, arm)
-        results[arm] = fit(state, train_step, batches, num_steps=config.num_steps,
-                           workdir=arm_dir, eval_fn=eval_fn, eval_every=config.eval_every,
-                           checkpoint_every=config.checkpoint_every, log_every=config.log_every,
-                           progress=config.progress, desc=f"finetune/{arm}")
+        result = fit(state, make_train_step(parts["loss"], tx), batches, num_steps=config.num_steps,
+                     workdir=arm_dir, eval_fn=eval_fn, eval_every=config.eval_every,
+                     checkpoint_every=config.checkpoint_every, log_every=config.log_every,
+                     progress=config.progress, desc=f"finetune/{arm}")
+        if not result.preempted:
+            plot_curves(arm_dir, title=f"finetune: {arm}")
+        return result
+
+    results = {}
+    for arm in ARMS:
+        results[arm] = train(arm, starts[arm], learning_rates[arm])
         if results[arm].preempted:
             return {"preempted": True}, {}
-        plot_curves(arm_dir, title=f"finetune: {arm}")
+    fast, fast_metrics = fast_start(config, parts, results, train) if config.fast_start.enabled else ({}, {})
+    if fast_metrics.get("preempted"):
+        return {"preempted": True}, {}
 
     curves = {arm: _eval_curve(r.history) for arm, r in results.items()}
     final = {arm: r.last_eval["accuracy"] for arm, r in results.items()}
@@ -112,7 +144,7 @@ def run(config, workdir):
     speedup = config.num_steps / match if match else None
     headline = {"finetuned_accuracy": final["finetuned"], "scratch_accuracy": final["scratch"],
                 "steps_to_match_scratch": match, "speedup": speedup,
-                "compute_saved": 1 - 1 / speedup if speedup else None}
+                "compute_saved": 1 - 1 / speedup if speedup else None, **fast}
     train_losses = {arm: [(row["step"], row["loss"]) for row in r.history if "loss" in row]
                     for arm, r in results.items()}
     _plot(curves, train_losses, final["scratch"], os.path.join(workdir, "learning_curves.png"))
@@ -127,6 +159,7 @@ def run(config, workdir):
         "compile_s": {arm: r.compile_s for arm, r in results.items()},
         "params": count_params(parts["params"]),
         "train_examples": len(parts["train"]), "eval_examples": len(parts["eval"]),
+        "fast_start": fast_metrics,
     }
     return metrics, headline
 

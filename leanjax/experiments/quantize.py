@@ -14,6 +14,12 @@ with the same workdir resumes and trains nothing), then served in these arms, al
   module it intercepts, and leanjax's blocks are rebuilt from a params dict inside the trace
   (flax TraceContextError). Without qwix installed its figures are NaN with the reason in metrics.
 
+Regime arms (issue 19), on the same f32 and int8 weights:
+- `int8_sweep`: int8 (W8A8) throughput vs f32 at each `(batch, seq)` of `serve_shapes`
+  (`leanjax.audit.int8_serving.shape_sweep`): where int8 serving wins, and where f32 attention dilutes it.
+- `int8_split`: one W8A8 layer (MiniLM's intermediate kernel at `eval_batch_size` x `seq_len` rows) split
+  into activation quantization, the int8 dot and the output rescale (`w8a8_split`): where W8A8 time goes.
+
 Size: `weight_bytes` vs f32. Accuracy: on a random subset of the test split. Throughput: inference
 examples/s of one `eval_batch_size` x `seq_len` batch vs f32, timed alternately in this process.
 """
@@ -31,6 +37,7 @@ from jax import lax
 from jaxtyping import ArrayLike
 
 from leanjax import data, losses, transforms
+from leanjax.audit.int8_serving import shape_sweep, w8a8_split
 from leanjax.experiments import _launch
 from leanjax.experiments._minilm import INPUTS, KERNELS, apply_fn_for, minilm, quantized, throughput_ratios, tweets
 from leanjax.state import TrainState
@@ -116,6 +123,21 @@ def finetune(config, workdir):
     return apply_fn, result, evaluation
 
 
+def regime(config, serve, f32, int8):
+    """`(shape sweep, one-layer split)`: int8 vs f32 throughput per `serve_shapes`, and where a W8A8
+    layer's time goes (MiniLM's first intermediate kernel at `eval_batch_size` x `seq_len` rows)."""
+
+    def inputs(batch, seq):
+        ids = jax.random.randint(jax.random.key(batch * 1000 + seq), (batch, seq), 0, 1000)
+        return ids, jnp.ones((batch, seq), bool)
+
+    sweep = shape_sweep({"f32": (serve, f32), "int8": (serve, int8)}, inputs,
+                        [tuple(s) for s in config.serve_shapes], rounds=config.timing_rounds)
+    kernel = f32["encoder"]["layers"][0]["intermediate"]["kernel"]
+    x = jax.random.normal(jax.random.key(0), (config.eval_batch_size * config.seq_len, kernel.shape[0]))
+    return sweep, w8a8_split(x, kernel, rounds=config.timing_rounds)
+
+
 def run(config, workdir):
     apply_fn, result, evaluation = finetune(config, workdir)
     if result.preempted:
@@ -137,6 +159,7 @@ def run(config, workdir):
     serve = transforms.apply(lambda p, ids, mask: apply_fn(p, ids, mask))
     throughput = throughput_ratios({arm: (serve, p) for arm, p in arms.items()},
                                    (batch["input_ids"], batch["attention_mask"]), rounds=config.timing_rounds)
+    sweep, split = regime(config, serve, f32, arms["int8"])
     size = {arm: transforms.weight_bytes(p) for arm, p in arms.items() if not arm.startswith("qwix")}
     nan = math.nan
     headline = {
@@ -146,9 +169,16 @@ def run(config, workdir):
         "int8.throughput_ratio": throughput["int8"], "int4.throughput_ratio": throughput["int4"],
         "qwix_int8.accuracy_delta": accuracy["qwix_int8"] - accuracy["f32"] if qwix_params else nan,
         "qwix_int8.throughput_ratio": throughput.get("qwix_int8", nan),
+        "int8_sweep.best_throughput_ratio": max(r["int8"] for r in sweep.values()),
+        "int8_sweep.worst_throughput_ratio": min(r["int8"] for r in sweep.values()),
+        "int8_split.int8_dot_speedup": split["int8_dot_speedup"],
+        "int8_split.layer_speedup": split["layer_speedup"],
+        "int8_split.quantize_share": split["quantize_activations"] / split["w8a8_layer"],
+        "int8_split.rescale_share": split["rescale_outputs"] / split["w8a8_layer"],
     }
     metrics = {"accuracy": accuracy, "throughput_ratio": throughput, "weight_bytes": size,
                "serve_shape": [config.eval_batch_size, config.seq_len], "eval_examples": len(evaluation),
+               "int8_sweep": sweep, "int8_split_s": split,
                "finetune_steps_per_s": result.steps_per_s, "int4_group_size": config.int4_group_size}
     if qwix_missing:
         metrics["qwix"] = qwix_missing

@@ -10,6 +10,11 @@ and the largest batch that budget holds under it vs under `none`.
 
 Headline: `<policy>.memory_ratio` and `<policy>.step_time_ratio` (vs the first policy, `none`) keyed by
 the policy's kind (`none`, `dots`, `nothing`, `names`), `auto.policy`, `auto.max_batch_ratio`.
+Regime arms (issue 19): `segment:k` in `config.policies` (nested checkpointing over the scanned blocks,
+`leanjax.models.remat.segment_scan`) gives `segment.*`; `bound.nothing_memory_ratio` is what must stay
+live whatever the policy (`nothing`'s compiled peak less all saved block inputs but one: the train state
+in and out, one block's backward working set, the logits) over `none`'s; `depth.nothing_memory_ratio`
+is `nothing`/`none` compiled (not timed) at the deepest of `config.depth_trend`, the trend in metrics.
 With `config.whatif` the metrics also hold what `python -m leanjax.audit` predicts for each policy.
 """
 
@@ -23,7 +28,7 @@ import jax
 from flax import nnx
 
 from leanjax import data, losses
-from leanjax.audit import interventions, remat_auto
+from leanjax.audit import Memory, interventions, remat_auto
 from leanjax.experiments import _launch
 from leanjax.models import CausalLM, TransformerConfig, functional
 from leanjax.state import TrainState
@@ -106,18 +111,54 @@ def run(config, workdir):
     for row in rows:
         headline[f"{_kind(row['policy'])}.memory_ratio"] = row["memory_ratio"]
         headline[f"{_kind(row['policy'])}.step_time_ratio"] = row["step_time_ratio"]
+    floor = _floor(config, build_step, ref.peak_bytes)
+    trend = _depth_trend(config, tx, batch)
+    headline["bound.nothing_memory_ratio"] = floor["bound_ratio"]
+    headline["depth.nothing_memory_ratio"] = trend[-1]["nothing_memory_ratio"]
     headline["auto.policy"] = choice.policy
     headline["auto.max_batch_ratio"] = fit_auto.batch / fit_none.batch
 
     metrics = dict(
         batch_size=config.batch_size, policies=rows, budget_bytes=budget, auto=choice.to_dict(),
         max_batch={"auto": dataclasses.asdict(fit_auto), "none": dataclasses.asdict(fit_none)},
+        bound=floor, depth_trend=trend,
         whatif=_whatif(config, policies, table) if config.whatif else "disabled (config.whatif=False)")
     text = "\n".join([_table(rows), "", f"auto (budget {budget / _MIB:.1f} MiB): {choice.reason}",
                       f"max batch under that budget: {fit_auto.policy!r} {fit_auto.batch}, 'none' {fit_none.batch}"])
     print(text)
     (Path(workdir) / "table.md").write_text(text + "\n")
     return metrics, headline
+
+
+def _floor(config, build_step, none_peak: int) -> dict:
+    """`nothing`'s compiled memory split, and the bound no per-block policy can go below: its peak less
+    the block inputs it saves beyond one (segment or offload schemes can only move those)."""
+    fn, args = build_step("nothing", None)
+    mem = Memory.of(fn.lower(*args).compile())
+    m = config.model
+    block_input = config.batch_size * m.seq_len * m.hidden_size * 4  # f32 [B, T, D]
+    bound = mem.peak - (m.num_layers - 1) * block_input
+    return dict(nothing_peak_bytes=mem.peak, arguments=mem.arguments, outputs=mem.outputs,
+                temporaries=mem.temporaries, aliased=mem.aliased, block_input_bytes=block_input,
+                bound_bytes=bound, bound_ratio=bound / none_peak)
+
+
+def _depth_trend(config, tx, batch) -> list[dict]:
+    """`nothing` vs `none` compiled peaks (no timing) at each depth of `config.depth_trend`."""
+    rows = []
+    for layers in config.depth_trend:
+        deeper = copy.deepcopy(config)
+        deeper.model.num_layers = layers
+
+        def build_step(policy, _batch, deeper=deeper):
+            parts = build(_with_policy(deeper, policy))
+            return make_train_step(parts["loss"], tx), (TrainState.create(parts["params"], tx, jax.random.key(0)),
+                                                        batch)
+
+        none, nothing = remat_auto.measure(build_step, ("none", "nothing"), timing=False)
+        rows.append(dict(num_layers=layers, none_peak_bytes=none.peak_bytes, nothing_peak_bytes=nothing.peak_bytes,
+                         nothing_memory_ratio=nothing.peak_bytes / none.peak_bytes))
+    return rows
 
 
 def _whatif(config, policies, table) -> dict:

@@ -14,7 +14,9 @@ every non-embedding init, so paired runs differ only in the word-embedding table
 
 Each run is the canonical loop (`fit`), evaluated every `eval_every` steps on the validation split.
 Target: the worst final accuracy among the random seeds (so every random seed reaches it; the same rule
-as the curriculum experiment). `steps_to_target` is an arm's first evaluation at or above it, averaged
+as the curriculum experiment). Regime arm `few_labels` (issue 19): the same arms again with the overrides
+of `config.few_labels` (few labelled tweets, GloVe rows centred and rescaled to the model's init RMS),
+headline keys prefixed `few_labels.`. `steps_to_target` is an arm's first evaluation at or above it, averaged
 over seeds (None if a seed never gets there); `speedup` = random / warm. Headline: `warm.steps_to_target`,
 `random.steps_to_target`, `speedup`, `warm.final_accuracy`, `random.final_accuracy` (seed means; the
 spreads are in `metrics`), `matched_fraction` (vocabulary rows GloVe covers, specials included).
@@ -98,7 +100,8 @@ def build(config):
     vocab = build_vocab([to_str(e["text"]) for e in train], config.vocab_size)
     glove_words, glove = glove_vectors()
     init = init_embeddings(vocab, method="vectors", words=glove_words, vectors=glove, dim=config.hidden_size,
-                           rng=config.seeds[0], scale=config.embedding_scale or None)
+                           rng=config.seeds[0], scale=config.embedding_scale or None,
+                           centre=config.embedding_centre)
     apply_fn, params = _model(config, len(vocab), config.seeds[0])
     tx = _launch.config_optimizer(config)
     return dict(params=_with_embedding(params, init.table), init=init, vocab=vocab, tx=tx, seed=config.seeds[0],
@@ -113,6 +116,20 @@ def _mean(values: list) -> float | None:
 
 
 def run(config, workdir):
+    metrics, headline = _compare(config, workdir)
+    if config.few_labels.enabled:
+        # The regime arm: the same comparison with few labelled tweets and centred, rescaled GloVe rows.
+        few = config.copy_and_resolve_references()
+        few.update({k: v for k, v in config.few_labels.items() if k != "enabled"})
+        few_metrics, few_headline = _compare(few, os.path.join(workdir, "few_labels"))
+        if few_metrics.get("preempted"):
+            return few_metrics, {}
+        headline.update({f"few_labels.{k}": v for k, v in few_headline.items()})
+        metrics["few_labels"] = {**few_metrics, "overrides": dict(config.few_labels)}
+    return metrics, headline
+
+
+def _compare(config, workdir):
     parts = build(config)
     init, vocab = parts["init"], parts["vocab"]
     unknown = set(config.arms) - set(ARMS)
@@ -150,6 +167,7 @@ def run(config, workdir):
     mean_steps = {arm: _mean(s) for arm, s in steps.items()}
     speedup = (mean_steps["random"] / mean_steps["warm"]
                if mean_steps["random"] and mean_steps["warm"] else None)
+    os.makedirs(workdir, exist_ok=True)
     plot_arm_curves({"validation accuracy": curves}, os.path.join(workdir, "learning_curves.png"),
                     targets={"validation accuracy": target},
                     title="word-level tweet sentiment: GloVe vs random embeddings")

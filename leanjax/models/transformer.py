@@ -42,7 +42,7 @@ from flax import nnx
 from jax.ad_checkpoint import checkpoint_name
 
 from leanjax.models.layers import Dense, Embed, LayerNorm, dropout, fold
-from leanjax.models.remat import checkpoint_policy, validate_policy_name
+from leanjax.models.remat import checkpoint_policy, segment_scan, segment_size, validate_policy_name
 
 ACTIVATIONS = {
     # HF "gelu" is the exact erf form; "gelu_new" / "gelu_pytorch_tanh" are the tanh approximation.
@@ -277,7 +277,9 @@ class Transformer(nnx.Module):
                 params, key = xs
                 return block(params, h, mask, key), None
 
-            h, _ = jax.lax.scan(body, h, (nnx.to_pure_dict(nnx.state(self.layers)), keys))
+            xs = (nnx.to_pure_dict(nnx.state(self.layers)), keys)
+            k = segment_size(cfg.remat)
+            h, _ = jax.lax.scan(body, h, xs) if k is None else segment_scan(body, h, xs, k)
         else:
             for i, layer in enumerate(self.layers):
                 block = _block_fn(nnx.graphdef(layer), policy, in_scan=False)

@@ -207,3 +207,28 @@ def cache_topk(teacher_logits_fn: Callable[[Any], jax.Array], batches: Iterable[
         raise ValueError(f"cached {len(out['teacher_values'])} examples, expected {num_examples}: "
                          "pass every example once, in order (leanjax.data.eval_batches)")
     return out
+
+
+def teacher_labelled_pool(arrays: dict[str, np.ndarray], cache: dict[str, np.ndarray],
+                          num_labelled: int) -> dict[str, np.ndarray]:
+    """A transfer set (Hinton et al. 2015, https://arxiv.org/abs/1503.02531): the first `num_labelled`
+    rows keep their labels, every other row is unlabelled and takes the teacher's top-1 class instead;
+    every row carries the teacher's cached top-k logits (`cache_topk`) for the KD term.
+
+    Args:
+      arrays: the pool's arrays (`label` among them), one row per example.
+      cache: `cache_topk`'s output for the same rows, in the same order.
+      num_labelled: how many leading rows the student may see labelled.
+
+    Returns:
+      `arrays` and `cache` merged, `label` replaced by the teacher's class past `num_labelled`, and a
+      boolean `labelled` field.
+    """
+    n = len(arrays["label"])
+    if len(cache["teacher_indices"]) != n:
+        raise ValueError(f"teacher cache has {len(cache['teacher_indices'])} rows, the pool {n}")
+    if not 0 <= num_labelled <= n:
+        raise ValueError(f"num_labelled={num_labelled} must be in [0, {n}] (the pool's size)")
+    labelled = np.arange(n) < num_labelled
+    label = np.where(labelled, arrays["label"], cache["teacher_indices"][:, 0]).astype(arrays["label"].dtype)
+    return {**arrays, **cache, "label": label, "labelled": labelled}

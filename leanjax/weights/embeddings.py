@@ -129,7 +129,8 @@ def project(table: np.ndarray, dim: int, rng: np.random.Generator) -> np.ndarray
 def init_embeddings(vocab: Sequence[str], *, method: str, rng: np.random.Generator | int,
                     dim: int | None = None, words: Sequence[str] | None = None,
                     vectors: np.ndarray | None = None, tokenizer=None, lowercase: bool = True,
-                    fallback: str = "mean_cov", scale: float | None = None) -> EmbeddingInit:
+                    fallback: str = "mean_cov", scale: float | None = None,
+                    centre: bool = False) -> EmbeddingInit:
     """Pretrained starting rows for the tokens of `vocab` (row i is `vocab[i]`).
 
     Args:
@@ -143,10 +144,13 @@ def init_embeddings(vocab: Sequence[str], *, method: str, rng: np.random.Generat
       vectors: the pretrained table `[N, d]` (may be a read-only memmap: only matched rows are read).
       tokenizer: a `tokenizers.Tokenizer` whose ids index `vectors` (method "subword").
       lowercase: "vectors": try the lower-cased token when the exact one is absent.
-      fallback: rows not matched: "mean_cov" (Gaussian with the pretrained rows' mean and covariance) or
-        "zeros".
-      scale: if given, the table is rescaled so its root-mean-square entry equals `scale` (e.g. the model's
-        own init std), keeping relative geometry; None keeps the pretrained scale.
+      fallback: rows not matched: "mean_cov" (Gaussian with the pretrained rows' mean and covariance)
+        or "zeros".
+      scale: if given, the table is rescaled so its root-mean-square entry equals `scale` (e.g. the
+        model's own init std), keeping relative geometry; None keeps the pretrained scale.
+      centre: subtract the table's mean row before scaling. Pretrained tables share a large common
+        direction (GloVe 6B-50d's mean row is a third as long as a typical row), which a fresh model
+        reads as a shared offset on every token; centring leaves only the differences between words.
 
     Returns:
       An `EmbeddingInit`: the `table`, and `matched` marking the rows with a pretrained start.
@@ -214,6 +218,8 @@ def init_embeddings(vocab: Sequence[str], *, method: str, rng: np.random.Generat
                 np.sort(rng.choice(vectors.shape[0], 100_000, replace=False))]
             table[missing] = _gaussian_rows(stats_rows, int(missing.sum()), rng)
     table = project(table, dim or d, rng)
+    if centre:
+        table = table - table.mean(0, keepdims=True)
     if scale is not None:
         rms = np.sqrt(np.mean(table ** 2))
         table = table * (scale / rms) if rms > 0 else table
