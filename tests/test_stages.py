@@ -54,7 +54,8 @@ def test_write_json_atomic_replaces_whole_file(tmp_path):
     path = str(tmp_path / "r.json")
     write_json_atomic(path, {"v": 1})
     write_json_atomic(path, {"v": 2, "inf": float("inf")})
-    assert json.load(open(path)) == {"v": 2, "inf": None}
+    with open(path) as f:
+        assert json.load(f) == {"v": 2, "inf": None}
     assert os.listdir(tmp_path) == ["r.json"]
 
 

@@ -1,5 +1,7 @@
 """What the `pipeline` experiment's stages share: the config, the tweets, MiniLM (base and with the mined
-tokens), the QLoRA arm, compiled-step audits, and the slimmed (unrolled, vocabulary-cut) served models."""
+tokens), the QLoRA arm, compiled-step audits, the slimmed (unrolled, vocabulary-cut) served models, and the
+models later stages rebuild from earlier stages' results (the brute programs, the teacher restored from its
+checkpoint without `fit`, the students)."""
 
 from __future__ import annotations
 
@@ -11,13 +13,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from leanjax import data, transforms, tune
+from leanjax import data, losses, transforms, tune
 from leanjax.audit import audit_compiled
 from leanjax.audit.prices import PriceTable
 from leanjax.experiments.finetune import tweets
 from leanjax.experiments.lora import apply_fn_for, arm_params, minilm
 from leanjax.optim import make_optimizer
 from leanjax.state import TrainState
+from leanjax.step import make_eval_step, make_train_step
+from leanjax.train.stages import restore_params
+from leanjax.transforms.compact import cut_vocab
 from leanjax.weights.embeddings import init_embeddings
 
 INPUTS = ("input_ids", "attention_mask")
@@ -179,6 +184,65 @@ def nf4(params, group_size: int):
     """Kernels and embeddings NF4 in blocks (dequantized on the fly at serving time)."""
     params = transforms.quantize(params, KERNELS, bits=4, scheme="nf4", group_size=group_size)
     return transforms.quantize(params, EMBEDDINGS, bits=4, scheme="nf4", group_size=group_size, axis=-1)
+
+
+# ------------------------------------------------------------ models the stages share (built from results)
+
+
+def brute_parts(ctx):
+    """The brute programs (compiled once per process: the rate is injected, so every grid run shares them)."""
+    def make():
+        c, b = ctx.c, ctx.c.brute
+        model_config, params = ctx.pretrained(False)
+        apply_fn = apply_fn_for(model_config)
+        pool = ctx.sources("base", b.seq_len)[0]
+        tx = optimizer(b.num_steps)
+        step, audit = compiled(make_train_step(losses.classification_loss(apply_fn, inputs=INPUTS), tx),
+                               state(params, tx, c.seed, 1e-4), first_batch(pool, b.batch_size, c.seed))
+        eval_step = make_eval_step(losses.classification_metrics(apply_fn, inputs=INPUTS))
+        return apply_fn, params, tx, step, audit, eval_step
+    return ctx.cached("brute", make)
+
+
+def lean_start(ctx):
+    c, lean = ctx.c, ctx.c.lean
+    model_config, base = ctx.lean_base(c.num_layers)
+    params, mask = qlora(base, c, c.seed)
+    tx = optimizer(lean.num_steps)
+    return model_config, state(params, tx, c.seed, 1.0, mask), tx, mask
+
+
+def teacher(ctx):
+    """`(model_config, dense params)`: the lean run's params at its teacher step, restored (no `fit`), LoRA
+    merged and NF4 dequantized."""
+    def make():
+        model_config, start, _, _ = lean_start(ctx)
+        params = restore_params(ctx.dir("lean"), start, ctx.results["lean"]["teacher_step"])
+        return model_config, transforms.merge(params)
+    return ctx.cached("teacher", make)
+
+
+def distill_set(ctx):
+    """The pool examples the students see (`num_steps x batch_size`, a seeded draw), in a source."""
+    c, d = ctx.c, ctx.c.distill
+    pool, _, _ = ctx.sources("extended", c.lean.seq_len)
+    n = min(len(pool), d.num_steps * d.batch_size)
+    ids = np.sort(np.random.default_rng(c.seed + 2).permutation(len(pool))[:n])
+    return data.ArraySource({k: v[ids] for k, v in pool.arrays.items()})
+
+
+def student(ctx, layers: int):
+    """`(apply_fn, f32 params, info)`: the teacher's first `layers` layers, vocabulary cut to the pool's most
+    frequent ids (`cut_vocab`), position table cut to the lean sequence length."""
+    c = ctx.c
+    model_config, dense = teacher(ctx)
+    pool, _, _ = ctx.sources("extended", c.lean.seq_len)
+    tok = ctx.extended_tokenizer()
+    kept, remap = cut_vocab(pool.arrays["input_ids"], model_config.vocab_size, c.distill.student_vocab,
+                            always=[tok.token_to_id(t) for t in ("[PAD]", "[CLS]", "[SEP]")],
+                            unk_id=tok.token_to_id("[UNK]"))
+    small, params = slim(dense, model_config, layers, c.lean.seq_len, kept)
+    return remapped(apply_fn_for(small), remap), params, {"vocab": len(kept), "remap_bytes": remap.nbytes}
 
 
 __all__ = ["INPUTS", "NUM_LABELS", "Context", "apply_fn_for"]

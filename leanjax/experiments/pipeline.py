@@ -36,7 +36,6 @@ from leanjax.step import evaluate, make_eval_step, make_train_step
 from leanjax.train import fit
 from leanjax.train.async_eval import AsyncEvaluator
 from leanjax.train.stages import Stage, restore_params, run_stages
-from leanjax.transforms.compact import cut_vocab
 from leanjax.transforms.distill import cache_topk, offline_distillation_loss
 from leanjax.weights.embeddings import mine_tokens
 
@@ -54,24 +53,9 @@ def _reached(curve, target):
     return next((s for s, a in curve if a >= target), None)
 
 
-def _brute_parts(ctx):
-    """The brute programs (compiled once per process: the rate is injected, so every grid run shares them)."""
-    def make():
-        c, b = ctx.c, ctx.c.brute
-        model_config, params = ctx.pretrained(False)
-        apply_fn = P.apply_fn_for(model_config)
-        pool = ctx.sources("base", b.seq_len)[0]
-        tx = P.optimizer(b.num_steps)
-        step, audit = P.compiled(make_train_step(losses.classification_loss(apply_fn, inputs=INPUTS), tx),
-                                 P.state(params, tx, c.seed, 1e-4), P.first_batch(pool, b.batch_size, c.seed))
-        eval_step = make_eval_step(losses.classification_metrics(apply_fn, inputs=INPUTS))
-        return apply_fn, params, tx, step, audit, eval_step
-    return ctx.cached("brute", make)
-
-
 def stage_brute(ctx, rate: float) -> dict:
     c, b = ctx.c, ctx.c.brute
-    _, params, tx, step, audit, eval_step = _brute_parts(ctx)
+    _, params, tx, step, audit, eval_step = P.brute_parts(ctx)
     pool, _, test = ctx.sources("base", b.seq_len)
     result = _fit(ctx, f"brute_{rate:.0e}", P.state(params, tx, c.seed, rate), step, pool, num_steps=b.num_steps,
                   batch_size=b.batch_size, eval_every=c.eval_every,
@@ -139,18 +123,10 @@ def stage_tune(ctx) -> dict:
                         "steps": int(tr.user_attrs[tune.STEPS_ATTR])} for tr in trials]}
 
 
-def _lean_start(ctx):
-    c, lean = ctx.c, ctx.c.lean
-    model_config, base = ctx.lean_base(c.num_layers)
-    params, mask = P.qlora(base, c, c.seed)
-    tx = P.optimizer(lean.num_steps)
-    return model_config, P.state(params, tx, c.seed, 1.0, mask), tx, mask
-
-
 def stage_lean(ctx) -> dict:
     """QLoRA + remat auto + mined tokens + tuned rate; asynchronous evaluation stops it at the target."""
     c, lean = ctx.c, ctx.c.lean
-    model_config, state, tx, mask = _lean_start(ctx)
+    model_config, state, tx, mask = P.lean_start(ctx)
     state = tune.set_hyperparams(state, learning_rate_scale=ctx.results["tune"]["best_learning_rate"])
     pool, _, test = ctx.sources("extended", lean.seq_len)
     batch = P.first_batch(pool, lean.batch_size, c.seed)
@@ -186,30 +162,11 @@ def stage_lean(ctx) -> dict:
             "remat_candidates": [[cand.policy, cand.peak_bytes, cand.flops] for cand in candidates]}
 
 
-def _teacher(ctx):
-    """`(model_config, dense params)`: the lean run's params at its teacher step, restored (no `fit`), LoRA
-    merged and NF4 dequantized."""
-    def make():
-        model_config, state, _, _ = _lean_start(ctx)
-        params = restore_params(ctx.dir("lean"), state, ctx.results["lean"]["teacher_step"])
-        return model_config, transforms.merge(params)
-    return ctx.cached("teacher", make)
-
-
-def _distill_set(ctx):
-    """The pool examples the students see (`num_steps x batch_size`, a seeded draw), in a source."""
-    c, d = ctx.c, ctx.c.distill
-    pool, _, _ = ctx.sources("extended", c.lean.seq_len)
-    n = min(len(pool), d.num_steps * d.batch_size)
-    ids = np.sort(np.random.default_rng(c.seed + 2).permutation(len(pool))[:n])
-    return data.ArraySource({k: v[ids] for k, v in pool.arrays.items()})
-
-
 def stage_cache(ctx) -> dict:
     c = ctx.c
-    model_config, dense = _teacher(ctx)
+    model_config, dense = P.teacher(ctx)
     apply_fn = P.apply_fn_for(model_config)
-    seen = _distill_set(ctx)
+    seen = P.distill_set(ctx)
     batch = P.eval_batch(seen, c.eval_batch_size)
     logits, audit = P.compiled(jax.jit(lambda p, b: apply_fn(p, *(b[n] for n in INPUTS))), dense, batch)
     cache = cache_topk(lambda b: logits(dense, b), data.eval_batches(seen, c.eval_batch_size), len(seen), P.NUM_LABELS)
@@ -217,25 +174,11 @@ def stage_cache(ctx) -> dict:
     return {"examples": len(seen), "cache_flops": audit.flops * -(-len(seen) // c.eval_batch_size)}
 
 
-def _student(ctx, layers: int):
-    """`(apply_fn, f32 params, info)`: the teacher's first `layers` layers, vocabulary cut to the pool's most
-    frequent ids (`cut_vocab`), position table cut to the lean sequence length."""
-    c = ctx.c
-    model_config, dense = _teacher(ctx)
-    pool, _, _ = ctx.sources("extended", c.lean.seq_len)
-    tok = ctx.extended_tokenizer()
-    kept, remap = cut_vocab(pool.arrays["input_ids"], model_config.vocab_size, c.distill.student_vocab,
-                            always=[tok.token_to_id(t) for t in ("[PAD]", "[CLS]", "[SEP]")],
-                            unk_id=tok.token_to_id("[UNK]"))
-    small, params = P.slim(dense, model_config, layers, c.lean.seq_len, kept)
-    return P.remapped(P.apply_fn_for(small), remap), params, {"vocab": len(kept), "remap_bytes": remap.nbytes}
-
-
 def stage_student(ctx, layers: int) -> dict:
     c, d = ctx.c, ctx.c.distill
-    apply_fn, params, info = _student(ctx, layers)
+    apply_fn, params, info = P.student(ctx, layers)
     cache = dict(np.load(ctx.dir("stages") + "/teacher_logits.npz"))
-    train = data.ArraySource({**_distill_set(ctx).arrays, **cache})
+    train = data.ArraySource({**P.distill_set(ctx).arrays, **cache})
     tx = P.optimizer(d.num_steps, name=d.optimizer)
     loss = offline_distillation_loss(apply_fn, inputs=INPUTS, alpha=d.alpha, temperature=d.temperature)
     step, audit = P.compiled(make_train_step(loss, tx, grad_accum_steps=P.accum(c, d.batch_size)),
@@ -250,17 +193,17 @@ def _served(ctx) -> dict:
     """name -> `(apply_fn, params, test source)` of every served candidate."""
     c, d = ctx.c, ctx.c.distill
     oracle = _oracle(ctx)
-    apply_fn, params, tx, _, _, _ = _brute_parts(ctx)
+    apply_fn, params, tx, _, _, _ = P.brute_parts(ctx)
     brute = restore_params(ctx.dir(f"brute_{oracle['learning_rate']:.0e}"), P.state(params, tx, c.seed, 1.0),
                            oracle["steps"])
-    model_config, dense = _teacher(ctx)
+    model_config, dense = P.teacher(ctx)
     teacher_config, teacher = P.slim(dense, model_config, model_config.num_layers, c.lean.seq_len)
     test = ctx.sources("extended", c.lean.seq_len)[2]
     arms = {"brute_f32": (apply_fn, brute, ctx.sources("base", c.brute.seq_len)[2]),
             "teacher_int8": (P.apply_fn_for(teacher_config), P.int8(teacher), test),
             "teacher_nf4": (P.apply_fn_for(teacher_config), P.nf4(teacher, c.qlora_group_size), test)}
     for layers in d.student_layers:
-        student_apply, params, _ = _student(ctx, layers)
+        student_apply, params, _ = P.student(ctx, layers)
         tx = P.optimizer(d.num_steps, name=d.optimizer)
         trained = restore_params(ctx.dir(f"student_L{layers}"), P.state(params, tx, c.seed, 1.0), d.num_steps)
         arms[f"student_L{layers}_int8"] = (student_apply, P.int8(trained), test)
