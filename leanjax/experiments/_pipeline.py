@@ -245,4 +245,25 @@ def student(ctx, layers: int):
     return remapped(apply_fn_for(small), remap), params, {"vocab": len(kept), "remap_bytes": remap.nbytes}
 
 
+def served(ctx, oracle: dict) -> dict:
+    """name -> `(apply_fn, params, test source)` of every served candidate: the `oracle` brute run's f32 params
+    at its last step, the teacher in int8 and NF4, each student in int8 (all restored, nothing trains)."""
+    c, d = ctx.c, ctx.c.distill
+    apply_fn, params, tx, _, _, _ = brute_parts(ctx)
+    brute = restore_params(ctx.dir(f"brute_{oracle['learning_rate']:.0e}"), state(params, tx, c.seed, 1.0),
+                           oracle["steps"])
+    model_config, dense = teacher(ctx)
+    teacher_config, served_teacher = slim(dense, model_config, model_config.num_layers, c.lean.seq_len)
+    test = ctx.sources("extended", c.lean.seq_len)[2]
+    arms = {"brute_f32": (apply_fn, brute, ctx.sources("base", c.brute.seq_len)[2]),
+            "teacher_int8": (apply_fn_for(teacher_config), int8(served_teacher), test),
+            "teacher_nf4": (apply_fn_for(teacher_config), nf4(served_teacher, c.qlora_group_size), test)}
+    for layers in d.student_layers:
+        student_apply, params, _ = student(ctx, layers)
+        tx = optimizer(d.num_steps, name=d.optimizer)
+        trained = restore_params(ctx.dir(f"student_L{layers}"), state(params, tx, c.seed, 1.0), d.num_steps)
+        arms[f"student_L{layers}_int8"] = (student_apply, int8(trained), test)
+    return arms
+
+
 __all__ = ["INPUTS", "NUM_LABELS", "Context", "apply_fn_for"]

@@ -35,7 +35,7 @@ from leanjax.experiments import _pipeline as P
 from leanjax.step import evaluate, make_eval_step, make_train_step
 from leanjax.train import fit
 from leanjax.train.async_eval import AsyncEvaluator
-from leanjax.train.stages import Stage, restore_params, run_stages
+from leanjax.train.stages import Stage, run_stages
 from leanjax.transforms.distill import cache_topk, offline_distillation_loss
 from leanjax.weights.embeddings import mine_tokens
 
@@ -189,31 +189,10 @@ def stage_student(ctx, layers: int) -> dict:
             "params": int(sum(x.size for x in jax.tree.leaves(params)))}
 
 
-def _served(ctx) -> dict:
-    """name -> `(apply_fn, params, test source)` of every served candidate."""
-    c, d = ctx.c, ctx.c.distill
-    oracle = _oracle(ctx)
-    apply_fn, params, tx, _, _, _ = P.brute_parts(ctx)
-    brute = restore_params(ctx.dir(f"brute_{oracle['learning_rate']:.0e}"), P.state(params, tx, c.seed, 1.0),
-                           oracle["steps"])
-    model_config, dense = P.teacher(ctx)
-    teacher_config, teacher = P.slim(dense, model_config, model_config.num_layers, c.lean.seq_len)
-    test = ctx.sources("extended", c.lean.seq_len)[2]
-    arms = {"brute_f32": (apply_fn, brute, ctx.sources("base", c.brute.seq_len)[2]),
-            "teacher_int8": (P.apply_fn_for(teacher_config), P.int8(teacher), test),
-            "teacher_nf4": (P.apply_fn_for(teacher_config), P.nf4(teacher, c.qlora_group_size), test)}
-    for layers in d.student_layers:
-        student_apply, params, _ = P.student(ctx, layers)
-        tx = P.optimizer(d.num_steps, name=d.optimizer)
-        trained = restore_params(ctx.dir(f"student_L{layers}"), P.state(params, tx, c.seed, 1.0), d.num_steps)
-        arms[f"student_L{layers}_int8"] = (student_apply, P.int8(trained), test)
-    return arms
-
-
 def stage_serve(ctx) -> dict:
     s = ctx.c.serve
     programs, out = {}, {}
-    for name, (fn, params, test) in _served(ctx).items():
+    for name, (fn, params, test) in P.served(ctx, _oracle(ctx)).items():
         batch = P.eval_batch(test, s.batch_size)
         program, audit = P.compiled(jax.jit(transforms.apply(fn)), params, *(batch[n] for n in INPUTS))
         bound = lambda *x, program=program, params=params: program(params, *x)
