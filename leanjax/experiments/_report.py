@@ -1,35 +1,105 @@
-"""The lean pipeline's report: `report.md` (figures as PNG files beside it) and a self-contained
-`report.html` (the same figures embedded as base64 PNGs), from the stage results of one run.
+"""The `pipeline` experiment's headline (pure, from the stage results) and its report: `report.md` (figures
+as PNG files beside it) and a self-contained `report.html` (the same figures as base64 PNGs).
 
-`write(workdir, stages, headline, breakdown)` is pure rendering: every figure it draws is a number the
-pipeline measured (`leanjax.experiments.pipeline`); nothing here computes a cost.
+Nothing here measures: every number is one the pipeline's stages recorded.
 """
 
 from __future__ import annotations
 
+import base64
+import html
 import io
+import os
 
-from leanjax.train.report import write_report
+from leanjax.audit.serving import devices_that_fit
 
 _MIB = 2**20
-_STAGE_COLORS = {"tokens": "C4", "tune": "C2", "lean": "C0", "distill": "C1"}
-FIGURES = ("accuracy", "memory", "compute", "cost", "serving_size", "serving_cost")
+FIGURES = ("curves", "compute", "frontier")
+LEAN_STAGES = ("tokens", "tune", "lean", "cache")  # + student_L<d>
+GOALS = {"lean.accuracy": ">= target_accuracy", "train_compute_ratio": "<= 0.25", "train_cost_ratio": "<= 0.25",
+         "train_compute_ratio_oracle": "<= 1.0", "train_memory_ratio": "<= 0.10",
+         "serving.accuracy": ">= target_accuracy", "serving_size_ratio": "<= 0.05", "serving_cost_ratio": "<= 0.25"}
 
 
-def _fmt(x, digits: int = 3) -> str:
+def oracle(grid: dict) -> dict:
+    """The grid's cheapest run to the target (fewest steps, then best accuracy); none reached: the best."""
+    reached = [r for r in grid.values() if r["steps_to_target"] is not None]
+    if reached:
+        return min(reached, key=lambda r: (r["steps_to_target"], -r["accuracy"]))
+    return max(grid.values(), key=lambda r: r["accuracy"])
+
+
+def _lean_names(stages: dict) -> list[str]:
+    return [*LEAN_STAGES, *sorted(k for k in stages if k.startswith("student_L"))]
+
+
+def _flops(name: str, s: dict) -> float:
+    return s.get("train_flops", 0.0) + s.get("eval_flops", 0.0) + s.get("cache_flops", 0.0)
+
+
+def served_choice(arms: dict, target: float) -> str:
+    """The cheapest served model ($/1k requests) that reaches `target`; none does: the most accurate."""
+    ok = [n for n, a in arms.items() if a["accuracy"] >= target]
+    if ok:
+        return min(ok, key=lambda n: arms[n]["usd_per_1k_requests"])
+    return max(arms, key=lambda n: arms[n]["accuracy"])
+
+
+def headline_of(stages: dict, target: float, usd_per_hour: float) -> tuple[dict, dict]:
+    """`(headline, breakdown)` from the stage results (wall seconds priced at `usd_per_hour`)."""
+    def usd(s):
+        return s["wall_s"] * usd_per_hour / 3600
+    grid = {k: v for k, v in stages.items() if k.startswith("brute_")}
+    best = oracle(grid)
+    lean_names = _lean_names(stages)
+    lean_flops = {k: _flops(k, stages[k]) for k in lean_names}
+    lean_usd = {k: usd(stages[k]) for k in lean_names}
+    lean_peak = {k: stages[k]["peak_bytes"] for k in lean_names if "peak_bytes" in stages[k]}
+    brute_peak = max(r["peak_bytes"] for r in grid.values())
+    arms = stages["serve"]["arms"]
+    chosen = served_choice(arms, target)
+    lean = stages["lean"]
+    headline = {
+        "target_accuracy": target,
+        "brute.accuracy": best["accuracy"], "brute.steps_to_target": best["steps_to_target"],
+        "brute.grid_runs": len(grid),
+        "lean.accuracy": lean["accuracy"], "lean.steps_to_target": lean["steps_to_target"],
+        "serving.accuracy": arms[chosen]["accuracy"],
+        "train_compute_ratio": sum(lean_flops.values()) / sum(r["train_flops"] for r in grid.values()),
+        "train_compute_ratio_oracle": sum(lean_flops.values()) / best["train_flops"],
+        "train_cost_ratio": sum(lean_usd.values()) / sum(usd(r) for r in grid.values()),
+        "train_cost_ratio_oracle": sum(lean_usd.values()) / usd(best),
+        "train_memory_ratio": max(lean_peak.values()) / brute_peak,
+        "serving_size_ratio": arms[chosen]["weight_bytes"] / arms["brute_f32"]["weight_bytes"],
+        "serving_cost_ratio": arms[chosen]["usd_per_1k_requests"] / arms["brute_f32"]["usd_per_1k_requests"],
+    }
+    breakdown = {"served": chosen, "oracle_learning_rate": best["learning_rate"], "lean_flops": lean_flops,
+                 "lean_usd": lean_usd, "lean_peak_bytes": lean_peak,
+                 "brute_flops": {k: r["train_flops"] for k, r in grid.items()},
+                 "brute_usd": {k: usd(r) for k, r in grid.items()},
+                 "fits": {"brute": devices_that_fit(brute_peak), "lean": devices_that_fit(max(lean_peak.values()))},
+                 "peak_bytes": {"brute": brute_peak, "lean": max(lean_peak.values())}}
+    return headline, breakdown
+
+
+def _verdict(key: str, value, headline: dict) -> str:
+    if key not in GOALS or value is None:
+        return ""
+    t = headline["target_accuracy"]
+    ok = {"lean.accuracy": lambda v: headline["lean.steps_to_target"] is not None,
+          "serving.accuracy": lambda v: v >= t, "train_compute_ratio_oracle": lambda v: v <= 1.0,
+          "train_memory_ratio": lambda v: v <= 0.10, "serving_size_ratio": lambda v: v <= 0.05}.get(
+        key, lambda v: v <= 0.25)(value)
+    return f"{GOALS[key]}: {'met' if ok else 'missed'}"
+
+
+def _fmt(x, digits: int = 4) -> str:
     if x is None:
         return "-"
-    if isinstance(x, float):
-        return f"{x:.{digits}g}" if abs(x) < 1e4 else f"{x:.3e}"
-    return str(x)
-
-
-def _usd(x: float) -> str:
-    return f"${x:.2e}" if x < 0.01 else f"${x:.4f}"
+    return f"{x:.{digits}g}" if isinstance(x, float) else str(x)
 
 
 def _figures(stages: dict, headline: dict, breakdown: dict) -> dict[str, bytes]:
-    """PNG bytes of each figure in `FIGURES`."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -44,156 +114,105 @@ def _figures(stages: dict, headline: dict, breakdown: dict) -> dict[str, bytes]:
         plt.close(fig)
         out[name] = buf.getvalue()
 
-    def bars(ax, labels, values, colors, fmt):
-        rects = ax.bar(labels, values, color=colors)
-        for r, v in zip(rects, values):
-            ax.annotate(fmt(v), (r.get_x() + r.get_width() / 2, r.get_height()), ha="center", va="bottom",
-                        fontsize=8)
-        ax.grid(alpha=0.3, axis="y")
-        ax.tick_params(axis="x", labelsize=8)
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    for k, s in stages.items():
+        if s.get("eval_curve"):
+            x, y = zip(*s["eval_curve"])
+            ax.plot(x, y, marker="o", label=f"{k} ({s['learning_rate']:.1e})" if k.startswith("brute") else k)
+    ax.axhline(headline["target_accuracy"], color="k", ls="--", lw=1, label="target")
+    ax.set(xlabel="step", ylabel="test accuracy", title="Steps to target")
+    ax.legend(fontsize=7)
+    save(fig, "curves")
 
-    serve = stages["serve"]
-    fig, ax = plt.subplots(figsize=(7, 3.2))
-    labels = ["brute\n(full FT)", "scratch", "tune proxy\n(val)", "lean\n(QLoRA)", "student\nf32", "serving\n(int8)"]
-    values = [stages["brute"]["accuracy"], stages["scratch"]["accuracy"], stages["tune"]["best_val_accuracy"],
-              stages["lean"]["accuracy"], stages["distill"]["accuracy"], serve["accuracy"]]
-    bars(ax, labels, values, ["gray", "silver", "C2", "C0", "C1", "C3"], lambda v: f"{v:.3f}")
-    ax.set(ylabel="accuracy", ylim=(0, 1), title="accuracy at each stage (test tweets; proxy: held-out train)")
-    save(fig, "accuracy")
-
-    fig, ax = plt.subplots(figsize=(7, 3.2))
-    labels = ["brute", "scratch", "tune proxy", f"lean ({stages['lean']['remat']})", "student"]
-    values = [stages[k]["peak_bytes"] / _MIB for k in ("brute", "scratch", "tune", "lean", "distill")]
-    bars(ax, labels, values, ["gray", "silver", "C2", "C0", "C1"], lambda v: f"{v:.0f}")
-    ax.set(ylabel="MiB", title="training memory: compiled train-step peak")
-    save(fig, "memory")
-
-    def stacked(ax, parts: dict, brute: float, scale: float, unit: str):
-        ax.bar(["brute"], [brute / scale], color="gray")
-        bottom = 0.0
-        for k, v in parts.items():
-            ax.bar(["lean"], [v / scale], bottom=bottom, color=_STAGE_COLORS.get(k, "C5"), label=k)
-            bottom += v / scale
-        ax.annotate(f"{brute / scale:.3g}", (0, brute / scale), ha="center", va="bottom", fontsize=8)
-        ax.annotate(f"{bottom:.3g}", (1, bottom), ha="center", va="bottom", fontsize=8)
-        ax.set(ylabel=unit)
-        ax.legend(fontsize=8)
-        ax.grid(alpha=0.3, axis="y")
-
-    fig, ax = plt.subplots(figsize=(5, 3.2))
-    stacked(ax, breakdown["lean_flops"], stages["brute"]["train_flops"], 1e12, "TFLOP")
-    ax.set_title("training compute (compiled FLOPs x steps)")
+    fig, ax = plt.subplots(figsize=(6, 3.2))
+    parts = [("brute grid", breakdown["brute_flops"]), ("lean", breakdown["lean_flops"])]
+    for i, (label, flops) in enumerate(parts):
+        left = 0.0
+        for k, v in flops.items():
+            ax.barh(i, v / 1e12, left=left, label=k)
+            left += v / 1e12
+    ax.set_yticks([0, 1], [p[0] for p in parts])
+    ax.set(xlabel="TFLOP to the target (all-in)", title="Training compute")
+    ax.legend(fontsize=6, ncol=3)
     save(fig, "compute")
 
-    fig, ax = plt.subplots(figsize=(5, 3.2))
-    stacked(ax, breakdown["lean_usd"], stages["brute"]["usd"], 1e-3, "milli-$")
-    ax.set_title("$ per run (measured wall time x price)")
-    save(fig, "cost")
-
-    fig, ax = plt.subplots(figsize=(7, 3.2))
-    labels = ["brute f32", "lean teacher\n(NF4 + LoRA)", "student f32", "student int8"]
-    values = [serve["arms"]["brute"]["weight_bytes"], stages["lean"]["weight_bytes"], serve["student_f32_bytes"],
-              serve["arms"]["student_int8"]["weight_bytes"]]
-    bars(ax, labels, [v / _MIB for v in values], ["gray", "C0", "C1", "C3"], lambda v: f"{v:.1f}")
-    ax.set(ylabel="MiB of weights", title="serving size")
-    save(fig, "serving_size")
-
-    fig, ax = plt.subplots(figsize=(5, 3.2))
-    values = [serve["arms"][k]["usd_per_1k_requests"] for k in ("brute", "student_int8")]
-    bars(ax, ["brute f32", "student int8"], [v * 1e6 for v in values], ["gray", "C3"], lambda v: f"{v:.3g}")
-    ax.set(ylabel="micro-$ per 1k requests", title="serving cost (measured, batch "
-                                                    f"{serve['batch_size']})")
-    save(fig, "serving_cost")
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    arms = stages["serve"]["arms"]
+    for n, a in arms.items():
+        ax.scatter(a["usd_per_1k_requests"], a["accuracy"], s=30)
+        ax.annotate(n, (a["usd_per_1k_requests"], a["accuracy"]), fontsize=7)
+    ax.axhline(headline["target_accuracy"], color="k", ls="--", lw=1)
+    ax.set_xscale("log")
+    ax.set(xlabel="$ per 1k requests (log)", ylabel="test accuracy (served program)", title="Serving frontier")
+    save(fig, "frontier")
     return out
 
 
-def _tables(stages: dict, headline: dict, breakdown: dict, goals: dict) -> list[tuple[str, list[list[str]]]]:
-    brute, lean, serve, tok, tun, dist = (stages[k] for k in ("brute", "lean", "serve", "tokens", "tune", "distill"))
-    rows_headline = [["key", "measured", "goal"]]
-    for k, v in headline.items():
-        rows_headline.append([f"`{k}`", _fmt(v, 4), goals.get(k, "")])
-
-    lean_usd = sum(breakdown["lean_usd"].values())
-    lean_flops = sum(breakdown["lean_flops"].values())
-    drivers = [["cost driver", "brute (full fine-tune)", "lean pipeline", "lean / brute"],
-               ["train-step peak memory", f"{brute['peak_bytes'] / _MIB:.1f} MiB",
-                f"{max(breakdown['lean_peak_bytes'].values()) / _MIB:.1f} MiB (largest lean step)",
-                _fmt(headline["train_memory_ratio"])],
-               ["training compute", f"{brute['train_flops'] / 1e12:.3g} TFLOP",
-                f"{lean_flops / 1e12:.3g} TFLOP (all-in)",
-                _fmt(headline["train_compute_ratio"])],
-               ["$ per run", _usd(brute["usd"]), _usd(lean_usd), _fmt(headline["train_cost_ratio"])],
-               ["serving size", f"{serve['arms']['brute']['weight_bytes'] / _MIB:.1f} MiB f32",
-                f"{serve['arms']['student_int8']['weight_bytes'] / _MIB:.2f} MiB int8 student",
-                _fmt(headline["serving_size_ratio"])],
-               ["$ per 1k requests", _usd(serve["arms"]["brute"]["usd_per_1k_requests"]),
-                _usd(serve["arms"]["student_int8"]["usd_per_1k_requests"]), _fmt(headline["serving_cost_ratio"])],
-               ["accuracy", _fmt(brute["accuracy"]),
-                f"{_fmt(serve['accuracy'])} served ({_fmt(lean['accuracy'])} teacher)",
-                f"{(serve['accuracy'] - brute['accuracy']) * 100:+.1f} points"]]
-
-    pct = lambda x: f"{x:.0%}"  # noqa: E731
-    cov = tok["coverage"]
-    saved = [["stage", "what it did", "what it saved (measured)", "wall", "$"],
-             ["tokens", f"{tok['num_new']} new tokens (e.g. {', '.join(tok['examples'][:5])}), warm-started "
-              "from the mean of their WordPiece pieces",
-              f"mean tokens per tweet {tok['mean_tokens']['base']:.1f} -> {tok['mean_tokens']['extended']:.1f}; "
-              f"at seq {cov['lean_seq_len']} coverage {pct(cov['base_at_lean_seq'])} -> "
-              f"{pct(cov['extended_at_lean_seq'])} "
-              f"(brute: seq {cov['brute_seq_len']}, {pct(cov['base_at_brute_seq'])})",
-              f"{tok['wall_s']:.0f} s", _usd(tok["usd"])],
-             ["tune", f"TPE + Hyperband, {tun['n_trials']} trials on a {tun['proxy_layers']}-layer QLoRA proxy; "
-              f"best lr {tun['best_learning_rate']:.2e}" + ("; EL2N scores of the pool" if tun["score_flops"] else ""),
-              f"{tun['pruned']} trial{'' if tun['pruned'] == 1 else 's'} pruned: "
-              f"{tun['steps']} of {tun['full_budget_steps']} trial steps; "
-              f"{breakdown['lean_flops']['tune'] / brute['train_flops']:.3f} x brute's FLOPs",
-              f"{tun['wall_s']:.0f} s", _usd(tun["usd"])],
-             ["lean", f"QLoRA (NF4 + rank-r LoRA), remat `{lean['remat']}`, {lean['select']} "
-              f"({lean['train_examples']} of {lean['pool_examples']}), {lean['steps']} steps, async eval",
-              f"train-step peak {breakdown['train_memory_ratio.lean_run_only']:.3f} x brute's; FLOPs "
-              f"{breakdown['train_compute_ratio.lean_run_only']:.3f} x brute's; "
-              f"{lean['trainable_params']:,} trainable params",
-              f"{lean['wall_s']:.0f} s", _usd(lean["usd"])],
-             ["distill", f"{dist['student_layers']}-layer student, {dist['student_vocab']}-token vocabulary, "
-              f"offline KD from {dist['cache_examples']} cached teacher logits, {dist['steps']} steps",
-              f"student {dist['params']:,} params vs brute {brute['params']:,}",
-              f"{dist['wall_s']:.0f} s", _usd(dist["usd"])],
-             ["serve", "student int8 (W8A8 kernels, int8 embeddings)",
-              f"size {headline['serving_size_ratio']:.3f} x brute's, $/1k requests "
-              f"{headline['serving_cost_ratio']:.3f} x brute's",
-              f"{serve['wall_s']:.0f} s", "-"]]
-    references = [["run", "accuracy", "steps", "train-step peak", "TFLOP", "wall", "$"]]
-    for k in ("brute", "scratch"):
+def _tables(stages: dict, headline: dict, breakdown: dict) -> list[tuple[str, list[list[str]]]]:
+    rows = [["key", "measured", "goal"]] + [[f"`{k}`", _fmt(v), _verdict(k, v, headline)] for k, v in headline.items()]
+    grid = [["run", "rate", "accuracy", "steps run", "steps to target", "TFLOP", "wall s"]]
+    for k, s in stages.items():
+        if k.startswith("brute_"):
+            grid.append([k, f"{s['learning_rate']:.0e}", _fmt(s["accuracy"]), str(s["steps"]),
+                         _fmt(s["steps_to_target"]), f"{s['train_flops'] / 1e12:.3g}", f"{s['wall_s']:.0f}"])
+    lean = [["stage", "TFLOP", "wall s", "train-step peak MiB", "notes"]]
+    for k in _lean_names(stages):
         s = stages[k]
-        references.append([k, _fmt(s["accuracy"]), str(s["steps"]), f"{s['peak_bytes'] / _MIB:.1f} MiB",
-                           f"{s['train_flops'] / 1e12:.3g}", f"{s['wall_s']:.0f} s", _usd(s["usd"])])
-    return [("Headline", rows_headline), ("Cost drivers before / after", drivers),
-            ("Which stage saved what", saved), ("Brute-force references", references)]
+        note = {"tune": f"best rate {s.get('best_learning_rate', 0):.2e}, {len(s.get('trials', []))} trials",
+                "lean": f"accuracy {_fmt(s.get('accuracy'))}, remat {s.get('remat')}, steps {s.get('steps')}",
+                "cache": f"{s.get('examples')} examples"}.get(k, f"{s.get('num_new', '')}" if k == "tokens" else "")
+        peak = f"{s['peak_bytes'] / _MIB:.1f}" if "peak_bytes" in s else "-"
+        lean.append([k, f"{breakdown['lean_flops'][k] / 1e12:.3g}", f"{s['wall_s']:.0f}", peak, note])
+    serve = [["served model", "accuracy", "MiB", "s per batch", "$ per 1k requests", "reaches target"]]
+    for n, a in stages["serve"]["arms"].items():
+        serve.append([n + (" (chosen)" if n == breakdown["served"] else ""), _fmt(a["accuracy"]),
+                      f"{a['weight_bytes'] / _MIB:.2f}", f"{a['batch_time_s']:.4f}", f"{a['usd_per_1k_requests']:.3e}",
+                      "yes" if a["accuracy"] >= headline["target_accuracy"] else "no"])
+    fits = [["pipeline", "largest train step", "fits (smallest memory first)"]] + [
+        [k, f"{breakdown['peak_bytes'][k] / _MIB:.1f} MiB", ", ".join(v)] for k, v in breakdown["fits"].items()]
+    return [("Headline", rows), ("Brute-force grid", grid), ("Lean stages", lean), ("Serving at the target", serve),
+            ("Devices that fit the largest train step", fits)]
 
 
-GOALS = {"train_memory_ratio": "<= 0.10", "train_compute_ratio": "<= 0.2", "serving_size_ratio": "<= 0.05",
-         "serving.accuracy": "within 1 point of brute.accuracy or better"}
+def _md_table(rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(rows[0]) + " |", "|" + "---|" * len(rows[0])]
+    return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows[1:]])
 
 
-_CAPTIONS = {"accuracy": "Accuracy at each stage", "memory": "Training memory", "compute": "Training compute",
-             "cost": "$ per run", "serving_size": "Serving size", "serving_cost": "$ per 1k requests"}
-
-_NOTES = (
-    "Every figure was measured in this run on this machine: memory is the compiled train step's peak "
-    "(arguments + outputs + temporaries - aliased, `memory_analysis()`); FLOPs are the compiled programs' "
-    "(HLO counter, while-loop bodies times their trip counts) times the steps or batches run; $ is each "
-    "stage's wall time (compilation and evaluation included) times the price table's rate for this machine. "
-    "Lean compute is all-in: the tuning study's trial steps and evaluations and the EL2N scoring pass, the "
-    "QLoRA run, the teacher's logit cache and the student's steps. Test-set evaluation is not counted as "
-    "training compute on either side (its wall time is in the $)."
-)
+def _html_table(rows: list[list[str]]) -> str:
+    def cell(text, tag):
+        return f"<{tag}>{html.escape(text).replace('`', '')}</{tag}>"
+    head = "".join(cell(c, "th") for c in rows[0])
+    body = "".join("<tr>" + "".join(cell(c, "td") for c in r) + "</tr>" for r in rows[1:])
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
-def write(workdir: str, stages: dict, headline: dict, breakdown: dict, config: dict | None = None,
-          title: str = "leanjax: the lean pipeline") -> dict[str, str]:
+def write(workdir: str, stages: dict, headline: dict, breakdown: dict, title: str = "leanjax: cost to target"):
     """Write `report.md`, `report_figures/*.png` and `report.html` into `workdir`; returns their paths."""
     figures = _figures(stages, headline, breakdown)
-    device = f"{stages['brute'].get('usd_per_hour', 0):.3f} $/hour for this machine"
-    return write_report(workdir, title=title, paragraphs=[_NOTES, f"Price: {device}."],
-                        tables=_tables(stages, headline, breakdown, GOALS),
-                        figures={n: (_CAPTIONS[n], figures[n]) for n in FIGURES})
+    fig_dir = os.path.join(workdir, "report_figures")
+    os.makedirs(fig_dir, exist_ok=True)
+    for name, png in figures.items():
+        with open(os.path.join(fig_dir, f"{name}.png"), "wb") as f:
+            f.write(png)
+    tables = _tables(stages, headline, breakdown)
+    md = [f"# {title}", ""]
+    for name, rows in tables:
+        md += [f"## {name}", "", _md_table(rows), ""]
+    md += ["## Figures", ""] + [f"![{n}](report_figures/{n}.png)" for n in FIGURES]
+    md_path = os.path.join(workdir, "report.md")
+    with open(md_path, "w") as f:
+        f.write("\n".join(md) + "\n")
+    body = [f"<h1>{html.escape(title)}</h1>"]
+    for name, rows in tables:
+        body += [f"<h2>{html.escape(name)}</h2>", _html_table(rows)]
+    body += [f'<figure><img id="fig-{n}" alt="{n}" src="data:image/png;base64,{base64.b64encode(figures[n]).decode()}">'
+             "</figure>" for n in FIGURES]
+    script = ("window.addEventListener('load',function(){var i=document.images,n=0;"
+              "for(var k=0;k<i.length;k++){if(i[k].complete&&i[k].naturalWidth>0){n++;}}"
+              "document.body.setAttribute('data-figures-loaded',n+'/'+i.length);});")
+    html_path = os.path.join(workdir, "report.html")
+    with open(html_path, "w") as f:
+        f.write(f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title></head>"
+                f"<body>{''.join(body)}<script>{script}</script></body></html>")
+    return {"md": md_path, "html": html_path, "figures": fig_dir}

@@ -218,3 +218,37 @@ def transformer_groups(params: Any, num_heads: int, *, prefix: str = "encoder/",
             groups.append(_dense(f"{base}/intermediate", layer["intermediate"]["kernel"].shape[-1],
                                  Slot(f"{base}/output/kernel", 0)))
     return groups
+
+
+def cut_vocab(token_ids: np.ndarray, vocab_size: int, keep: int, *, always: Sequence[int] = (),
+              unk_id: int) -> tuple[np.ndarray, np.ndarray]:
+    """The `keep` most frequent ids of `token_ids` (plus `always`), and a table mapping old ids to new ones.
+
+    A student model needs embedding rows only for the tokens it will see: slice the table with `kept`
+    (`table[kept]`) and feed `remap[input_ids]`; ids that were cut map to `unk_id`'s new row.
+
+    Args:
+      token_ids: the ids of a corpus (any shape), e.g. the tokenized training pool.
+      vocab_size: the old vocabulary size (every id in `token_ids` is below it).
+      keep: how many ids to keep, `always` included (ties broken by the smaller id).
+      always: ids kept whatever their count (padding, special tokens); `unk_id` is always kept.
+      unk_id: the old id that cut ids map to.
+
+    Returns:
+      `(kept, remap)`: the kept old ids in increasing order (int32, `keep` of them or fewer when the
+      vocabulary is smaller) and an int32 table of `vocab_size` new ids.
+    """
+    ids = np.asarray(token_ids).ravel()
+    if ids.size and (ids.min() < 0 or ids.max() >= vocab_size):
+        raise ValueError(f"token ids must lie in [0, {vocab_size}), got [{ids.min()}, {ids.max()}]")
+    forced = sorted({*map(int, always), int(unk_id)})
+    if any(not 0 <= i < vocab_size for i in forced):
+        raise ValueError(f"always/unk_id ids {forced} must lie in [0, {vocab_size})")
+    if keep < len(forced):
+        raise ValueError(f"keep={keep} is smaller than the {len(forced)} ids that are always kept")
+    counts = np.bincount(ids, minlength=vocab_size).astype(np.int64)
+    counts[forced] = counts.max(initial=0) + 1
+    kept = np.sort(np.argsort(-counts, kind="stable")[:keep]).astype(np.int32)
+    remap = np.full(vocab_size, np.searchsorted(kept, unk_id), np.int32)
+    remap[kept] = np.arange(len(kept), dtype=np.int32)
+    return kept, remap

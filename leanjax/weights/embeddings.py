@@ -276,3 +276,45 @@ def train_rows(tx: optax.GradientTransformation, rows: Mapping[str, Any]) -> opt
         return apply(updates), state
 
     return optax.GradientTransformation(init_fn, update_fn)
+
+
+_WORDS = r"[@#]?[a-z0-9_']+"
+
+
+def mine_tokens(texts: Sequence[str], tokenizer: Any, *, num_new: int, min_count: int,
+                pattern: str = _WORDS) -> tuple[list[str], dict[str, int]]:
+    """New vocabulary entries: the corpus's frequent words that `tokenizer` splits, ranked by tokens saved.
+
+    A word (lower-cased, `pattern` matches; by default handles, hashtags, words) seen `n >= min_count` times
+    and split into `p >= 2` pieces saves `n * (p - 1)` tokens once it is one token: the `num_new` that save
+    the most are kept (ties by word). Warm-start their rows with `init_embeddings(method="subword")`.
+
+    Args:
+      texts: the corpus.
+      tokenizer: a `tokenizers.Tokenizer` (copied; its padding and truncation are not used).
+      num_new: at most this many words are returned.
+      min_count: words rarer than this are ignored.
+      pattern: the regular expression that finds words in the lower-cased text.
+
+    Returns:
+      `(words, saved)`: the new words, most saving first, and each one's tokens saved over `texts`.
+    """
+    import collections
+    import copy
+    import re
+
+    if num_new < 0 or min_count < 1:
+        raise ValueError(f"num_new must be >= 0 and min_count >= 1, got {num_new} and {min_count}")
+    tok = copy.deepcopy(tokenizer)
+    tok.no_padding()
+    tok.no_truncation()
+    words = re.compile(pattern)
+    counts = collections.Counter(w for text in texts for w in words.findall(text.lower()))
+    saved = {}
+    for word, n in counts.items():
+        if n >= min_count:
+            pieces = len(tok.encode(word, add_special_tokens=False).ids)
+            if pieces >= 2:
+                saved[word] = n * (pieces - 1)
+    new = sorted(saved, key=lambda w: (-saved[w], w))[:num_new]
+    return new, {w: saved[w] for w in new}
