@@ -20,7 +20,8 @@ def _qlora_loss_and_grads(remat: str, scan_layers: bool):
     apply_fn, params = functional(SequenceClassifier(config, 3, rngs=nnx.Rngs(0)))
     params = transforms.quantize(params, r"encoder/.*kernel", bits=4, scheme="nf4", group_size=16)
     params = transforms.quantize(params, r".*word/embedding", bits=8, axis=-1)
-    params = transforms.lora(params, r"encoder/.*(query|value)/kernel", rank=4, key=jax.random.key(1))
+    params = transforms.lora(params, r"encoder/.*(query|value)/kernel", rank=4, key=jax.random.key(1),
+                             layout=transforms.stacked_io)
     mask = transforms.trainable(params, freeze_plain=True)
     train, frozen = partition(params, mask)
     loss_fn = losses.classification_loss(apply_fn, inputs=("input_ids", "attention_mask"))

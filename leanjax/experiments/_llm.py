@@ -70,7 +70,8 @@ def arm_params(params: Any, arm: str, *, kernels: str, rank: int, alpha: float, 
         return params
     # Adapters from the f32 kernels (so they stay f32), then the base cast, then quantized from the cast base
     # (so NF4 scales, and what a matmul dequantizes to, are in `base_dtype`).
-    params = _cast_plain(transforms.lora(params, kernels, rank=rank, alpha=alpha, key=key), base_dtype)
+    params = _cast_plain(transforms.lora(params, kernels, rank=rank, alpha=alpha, key=key,
+                                                   layout=transforms.stacked_io), base_dtype)
     if arm.startswith("qlora"):
         params = transforms.quantize(params, kernels, bits=4, scheme="nf4", group_size=group_size)
         if quantize_rows:

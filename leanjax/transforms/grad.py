@@ -43,7 +43,16 @@ def value_and_grad(fn: Callable[..., Any], *, has_aux: bool = False,
 
 
 def grad(fn: Callable[..., Any], *, has_aux: bool = False, freeze_plain: bool = False) -> Callable[..., Any]:
-    """The gradient part of `value_and_grad` (with `has_aux`: `(grads, aux)`, as `jax.grad`)."""
+    """The gradient part of `value_and_grad` (with `has_aux`: `(grads, aux)`, as `jax.grad`).
+
+    Args:
+      fn: a plain function of `(params, *args, **kwargs)` returning a scalar (or `(scalar, aux)`).
+      has_aux: as in `jax.grad`.
+      freeze_plain: also freeze plain float leaves (biases, norms), as in `trainable`.
+
+    Returns:
+      `grad_fn(params, *args, **kwargs)`: gradients for the trainable leaves only.
+    """
     vg = value_and_grad(fn, has_aux=has_aux, freeze_plain=freeze_plain)
 
     def wrapped(params, *args, **kwargs):

@@ -79,5 +79,12 @@ def stacked_io(path: str, leaf: Any) -> str:
 
     For a tree whose kernels are all 2-D per layer, e.g. a leanjax Transformer with or without
     `scan_layers`: `lora(params, targets, ..., layout=stacked_io)`.
+
+    Args:
+      path: the leaf's '/'-joined path (unused: every kernel gets the same rule).
+      leaf: the weight; its leading axes beyond the last two are stacked layers.
+
+    Returns:
+      the layout string, e.g. 'io' or 'sio'.
     """
     return "s" * (len(leaf.shape) - 2) + "io"

@@ -303,8 +303,8 @@ def quantize(params: Any, targets: Targets, *, bits: int = 8, scheme: str = "int
     Args:
       params: any pytree of arrays; a targeted LoRA weight has its base quantized (QLoRA).
       targets: a regex matched (`re.fullmatch`) against '/'-joined paths, or `fn(path, leaf) -> bool`.
-      bits, scheme: `bits=8, scheme='int'` gives `Int8`; `bits=4` gives `Int4` (`scheme='int'`) or `NF4`
-        (`scheme='nf4'`).
+      bits: 8 gives `Int8`; 4 gives `Int4` (`scheme='int'`) or `NF4` (`scheme='nf4'`).
+      scheme: 'int' (absmax integers) or 'nf4' (4-bit NormalFloat, with `bits=4`).
       group_size: scales are absmax per group of `group_size` consecutive entries along `axis`; None: one
         scale per channel (the whole axis).
       axis: the axis the groups run along. Default: the (last) input axis of `layout`, so one scale per

@@ -58,6 +58,12 @@ def checkpoint_files(source: str | pathlib.Path) -> list[pathlib.Path]:
     """The safetensors files of a checkpoint directory (sharded via the index file) or a single file.
 
     A file whose first bytes are a pickle's is refused as a pickle whatever its name.
+
+    Args:
+      source: a directory (with `model.safetensors.index.json` or `*.safetensors`) or one file.
+
+    Returns:
+      the safetensors files, in shard order.
     """
     files = _checkpoint_files(source)
     for f in files:
