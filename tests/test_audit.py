@@ -389,7 +389,7 @@ def test_serving_what_ifs_store_smaller_weights():
 
 @pytest.mark.slow
 def test_cli_what_if_rows_for_the_baseline_experiment(tmp_path, data_dir):
-    from leanjax.audit.__main__ import main
+    from leanjax.experiments.audit import main
 
     out = tmp_path / "audit.json"
     assert main(["--config", "configs/baseline/default.py:tiny", "--iters", "1", "--json", str(out)]) == 0

@@ -18,7 +18,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.seed = 0
     c.batch_size = 16
     c.eval_batch_size = 16
-    # The optimizer of the measured train step (nothing is trained; `python -m leanjax.audit` reads these).
+    # The optimizer of the measured train step (nothing is trained; `python -m leanjax.experiments.audit` reads these).
     c.optimizer = "adamw"
     c.learning_rate = 1e-3
     c.num_steps = 1000
@@ -33,7 +33,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.rounds = 5                  # timed calls per policy, alternating between policies (median)
     c.budget_fraction = 0.5       # auto's memory budget: this fraction of `none`'s compiled peak
     c.max_batch_limit = 1024      # max-batch search: largest batch tried
-    c.whatif = True               # compare with `python -m leanjax.audit`'s remat rows (compiled memory)
+    c.whatif = True               # compare with `python -m leanjax.experiments.audit`'s remat rows (compiled memory)
 
     if arg == "tiny":
         c.batch_size = 8

@@ -4,7 +4,7 @@ MFU/HFU against a peak measured in the same run, and dollars from an editable pr
     audit = audit_compiled(step, state, batch, model_flops=transformer_flops(...))
     print(audit.priced(steps=10_000).table())
 
-`python -m leanjax.audit --config configs/<exp>/default.py` prints what-if rows for the interventions
+`python -m leanjax.experiments.audit --config configs/<exp>/default.py` prints what-if rows for the interventions
 an experiment's step supports.
 """
 

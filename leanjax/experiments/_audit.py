@@ -16,7 +16,7 @@ entries stand in for what is otherwise read from the config, for experiments sha
   int8 model of `quantize`, the student of `distill`): headline `audit.serve.<name>.*`.
 
 `subject(config, build)` turns this into the audit library's `Subject` (rebuildable with other model
-options); it is shared with `python -m leanjax.audit`, which adds the what-if rows. Like every module
+options); it is shared with `python -m leanjax.experiments.audit`, which adds the what-if rows. Like every module
 under `leanjax/experiments`, this one reads configs.
 """
 

@@ -15,7 +15,7 @@ Regime arms (issue 19): `segment:k` in `config.policies` (nested checkpointing o
 live whatever the policy (`nothing`'s compiled peak less all saved block inputs but one: the train state
 in and out, one block's backward working set, the logits) over `none`'s; `depth.nothing_memory_ratio`
 is `nothing`/`none` compiled (not timed) at the deepest of `config.depth_trend`, the trend in metrics.
-With `config.whatif` the metrics also hold what `python -m leanjax.audit` predicts for each policy.
+With `config.whatif` the metrics also hold what `python -m leanjax.experiments.audit` predicts for each policy.
 """
 
 from __future__ import annotations
@@ -162,13 +162,13 @@ def _depth_trend(config, tx, batch) -> list[dict]:
 
 
 def _whatif(config, policies, table) -> dict:
-    """What `python -m leanjax.audit --config configs/remat/default.py` predicts for each policy's peak.
+    """What `python -m leanjax.experiments.audit --config configs/remat/default.py` predicts for each policy's peak.
 
     On CPU no runtime memory is measured (`Device.memory_stats()` is None), so the figure compared is
     this experiment's compiled peak: the check is that the what-if path (`interventions.remat` on the
     experiment's `build`) compiles the same step.
     """
-    from leanjax.audit.__main__ import subject  # the CLI's subject: the what-if rows' own construction
+    from leanjax.experiments._audit import subject  # the what-if rows' own construction
 
     base = subject(config, build)
     out = {}

@@ -1,6 +1,6 @@
 """What-if rows for an experiment: what each intervention would do to its memory, FLOPs, time and $.
 
-    python -m leanjax.audit --config configs/baseline/default.py[:ARG] [--config.KEY=VALUE ...]
+    python -m leanjax.experiments.audit --config configs/baseline/default.py[:ARG] [--config.KEY=VALUE ...]
         [--iters 5] [--prices my_prices.json] [--json audit.json]
 
 Each row compiles the transformed train or serving step of the experiment and audits it (nothing is
@@ -32,7 +32,8 @@ from leanjax.experiments._launch import ConfigError, apply_override, load_config
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m leanjax.audit", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m leanjax.experiments.audit",
+                                     description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", required=True, help="configs/<experiment>/default.py[:ARG]")
     parser.add_argument("--iters", type=int, default=5, help="timed calls per step (median)")
     parser.add_argument("--prices", default=None, help="a price table JSON (default: the shipped one)")
