@@ -22,10 +22,7 @@ from __future__ import annotations
 
 import itertools
 import math
-import time
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
@@ -34,40 +31,8 @@ from leanjax.data.curriculum import CurriculumSampler, difficulty_order, length_
 from leanjax.data.scores import score_source
 from leanjax.experiments import _launch
 from leanjax.models import MLP, CausalLM, TransformerConfig, functional
-from leanjax.state import TrainState
-from leanjax.step import evaluate, make_eval_step, make_train_step
-from leanjax.train import compare_to_baseline, plot_arm_curves
-
-
-class _Steps:
-    """One jitted train step per arm, shared by its seeds, counting its compilations (the Python body
-    runs once per trace, i.e. once per new batch shape)."""
-
-    def __init__(self, loss_fn, tx):
-        self.loss_fn, self.tx, self.steps, self.compiles = loss_fn, tx, {}, {}
-
-    def __call__(self, arm):
-        if arm not in self.steps:
-            inner = make_train_step(self.loss_fn, self.tx, jit=False)
-            self.compiles[arm] = 0
-
-            def step(state, batch):
-                self.compiles[arm] += 1
-                return inner(state, batch)
-
-            self.steps[arm] = jax.jit(step, donate_argnums=0)
-        return self.steps[arm]
-
-
-def _train(step_fn, params, tx, seed, next_batch, num_steps, eval_fn, eval_every):
-    """Train from `params`; return the final state, the eval curve [(step, metric)] and the wall time."""
-    state = TrainState.create(jax.tree.map(jnp.copy, params), tx, jax.random.key(seed))
-    curve, t0 = [], time.perf_counter()
-    for s in range(num_steps):
-        state, _ = step_fn(state, next_batch(s))
-        if (s + 1) % eval_every == 0 or s + 1 == num_steps:
-            curve.append((s + 1, eval_fn(state.params)))
-    return state, curve, time.perf_counter() - t0
+from leanjax.step import evaluate, make_eval_step
+from leanjax.train import StepsPerArm, compare_to_baseline, plot_arm_curves, train_with_curve
 
 
 def _mnist_problem(c):
@@ -122,12 +87,12 @@ def _mnist(c, seeds):
     loss_fn = losses.classification_loss(apply_fn)
     eval_step = make_eval_step(losses.classification_metrics(apply_fn))
     eval_fn = lambda p: evaluate(eval_step, p, data.eval_batches(test, 500))["accuracy"]  # noqa: E731
-    steps = _Steps(loss_fn, tx)
+    steps = StepsPerArm(loss_fn, tx)
 
     # Difficulty: a proxy model trained briefly in random order, then scored on every training example.
     _, ref_params = model(10_000)
     ref_it = data.batches(train, batch_size=c.batch_size, seed=10_000)
-    ref_state, *_ = _train(steps("random"), ref_params, tx, 10_000, lambda s: next(ref_it), c.ref_steps,
+    ref_state, *_ = train_with_curve(steps("random"), ref_params, tx, 10_000, lambda s: next(ref_it), c.ref_steps,
                            eval_fn, c.ref_steps)
     difficulty = score_source(lambda p, b: apply_fn(p, b["image"]), ref_state.params, train,
                               batch_size=500)[c.score]
@@ -140,7 +105,7 @@ def _mnist(c, seeds):
         sampler = CurriculumSampler(train, order, batch_size=c.batch_size, total_steps=c.pacing_steps,
                                     seed=seed, pacing=pacing, c0=c.c0)
         _, params = model(seed)
-        runs.setdefault(arm, []).append(_train(steps(arm), params, tx, seed, lambda s: next(sampler),
+        runs.setdefault(arm, []).append(train_with_curve(steps(arm), params, tx, seed, lambda s: next(sampler),
                                                c.num_steps, eval_fn, c.eval_every)[1:])
     return runs, steps.compiles, True, {"score": c.score, "reference_steps": c.ref_steps}
 
@@ -153,11 +118,11 @@ def _lm(c, seeds):
     eval_fn = lambda p: evaluate(  # noqa: E731
         eval_step, p, itertools.islice(data.eval_batches(valid, c.batch_size), c.eval_batches))["loss"]
     buckets = tuple(c.buckets)
-    steps = _Steps(loss_fn, tx)
+    steps = StepsPerArm(loss_fn, tx)
 
     _, ref_params = model(10_000)
     ref_it = data.batches(train, batch_size=c.batch_size, seed=10_000)
-    ref_state, *_ = _train(steps("random"), ref_params, tx, 10_000, lambda s: next(ref_it), c.ref_steps,
+    ref_state, *_ = train_with_curve(steps("random"), ref_params, tx, 10_000, lambda s: next(ref_it), c.ref_steps,
                            eval_fn, c.ref_steps)
     difficulty = score_source(lambda p, b: apply_fn(p, b["inputs"]), ref_state.params, train,
                               batch_size=4 * c.batch_size, label_key="targets")["loss"]
@@ -177,7 +142,7 @@ def _lm(c, seeds):
     runs = {}
     for arm, seed in itertools.product(c.arms, seeds):
         _, params = model(seed)
-        runs.setdefault(arm, []).append(_train(steps(arm), params, tx, seed, feeder(arm, seed), c.num_steps,
+        runs.setdefault(arm, []).append(train_with_curve(steps(arm), params, tx, seed, feeder(arm, seed), c.num_steps,
                                                eval_fn, c.eval_every)[1:])
     return runs, steps.compiles, False, {"buckets": list(buckets), "train_windows": len(train),
                          "tokens_per_step": c.batch_size * c.seq_len}
