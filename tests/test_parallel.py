@@ -235,9 +235,12 @@ def test_process_batches_split_the_global_batch():
 
     source = ArraySource({"x": np.arange(40)})
     its = [process_batches(source, global_batch_size=8, seed=3, process_index=i, process_count=2) for i in range(2)]
-    for _ in range(3):
+    alone = process_batches(source, global_batch_size=8, seed=3, process_index=0, process_count=1)
+    for _ in range(7):  # across an epoch boundary
         a, b = (next(it)["x"] for it in its)
         assert a.shape == b.shape == (4,) and not set(a) & set(b)
+        # The same global batches whatever the number of processes: process 0's rows, then process 1's.
+        np.testing.assert_array_equal(np.concatenate([a, b]), next(alone)["x"])
     with pytest.raises(ValueError, match="not divisible"):
         process_batches(source, global_batch_size=9, seed=0, process_index=0, process_count=2)
     # One process: its rows are the whole global batch, placed with the batch sharding.

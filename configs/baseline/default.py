@@ -32,6 +32,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.checkpoint_every = 500
     c.keep_checkpoints = 3
     c.progress = True
+    c.data_parallel = False   # True: data-parallel over every device of every process (leanjax.parallel.launch)
 
     c.cnn = ml_collections.ConfigDict(dict(features=(32, 64), dense=128, dropout=0.3))
     c.lm = ml_collections.ConfigDict(dict(

@@ -286,7 +286,9 @@ def main(name: str, run: Callable[..., tuple[dict, dict]], argv: list[str] | Non
     # A side job on the run's workdir (an audit, an eval sidecar) must not overwrite the run's own summary.
     mode = "audit" if args.audit else args.mode
     filename = "summary.json" if mode == "train" else f"summary.{mode}.json"
-    path = write_summary(workdir, experiment=name, config=config, metrics=metrics, headline=headline,
+    from leanjax.parallel.multihost import process_dir
+
+    path = write_summary(process_dir(workdir), experiment=name, config=config, metrics=metrics, headline=headline,
                          wall_s=time.perf_counter() - t0, filename=filename)
     print(f"summary: {path}")
     for k, v in headline.items():

@@ -6,7 +6,14 @@ more than one task (GPU clusters), and an explicit coordinator (`JAX_COORDINATOR
 `JAX_NUM_PROCESSES`, `JAX_PROCESS_ID`); a single process needs nothing and stays single.
 
 Checkpoints need nothing extra: `leanjax.train.Checkpointer` hands global `jax.Array`s to orbax, which
-writes each process's shards and lets the primary process commit, on every host at once.
+writes each process's shards and lets the primary process commit, on every host at once. Files that are
+not checkpoints (metrics, summaries, plots) are the primary process's; the others write theirs under
+`process_dir(workdir)`, so no two processes append to one file.
+
+The data order does not depend on the number of processes: global batch k is rows [kB, (k+1)B) of one
+shuffled stream whichever processes read it, so a run on 2 processes x 4 devices trains on exactly the
+batches of a run on 1 process x 8 devices (`tests/test_multiprocess.py` checks that they end equal).
+`python -m leanjax.parallel.launch` starts such a run on one machine (loopback, CPU collectives).
 """
 
 from __future__ import annotations
@@ -60,12 +67,29 @@ def initialize(env: Mapping[str, str] | None = None) -> str | None:
     return cluster_kind(env)
 
 
+def is_primary() -> bool:
+    """Whether this process writes the run's shared files (process 0; the only one when single)."""
+    return jax.process_index() == 0
+
+
+def process_dir(workdir: str) -> str:
+    """Where this process writes its non-checkpoint files: `workdir` itself for the primary process,
+    `workdir/process_<i>` for the others (created)."""
+    if is_primary():
+        return workdir
+    path = os.path.join(workdir, f"process_{jax.process_index()}")
+    os.makedirs(path, exist_ok=True)
+    return path
+
+
 def process_batches(source: Any, *, global_batch_size: int, seed: int, process_index: int | None = None,
                     process_count: int | None = None, num_epochs: int | None = None):
     """This process's rows of each global batch: a resumable grain iterator like `leanjax.data.batches`.
 
-    Every process shuffles identically (same seed) and takes every `process_count`-th example from
-    offset `process_index`, so the processes' rows are disjoint and together make the global batch.
+    Every process shuffles identically (same seed) and cuts the stream into slices of
+    `global_batch_size / process_count` rows; process p takes slices p, p + P, p + 2P, ..., so global batch k
+    (rows [kB, (k+1)B) of the stream) is process 0's k-th slice, then process 1's, and so on: the processes'
+    rows are disjoint, and the batches are the same whatever the number of processes.
     """
     import grain
 
@@ -77,10 +101,45 @@ def process_batches(source: Any, *, global_batch_size: int, seed: int, process_i
         raise ValueError(f"global batch {global_batch_size} is not divisible by {process_count} processes")
     _check_batch_size(source, global_batch_size)
     dataset = grain.MapDataset.source(source).shuffle(seed=seed).repeat(num_epochs)
-    dataset = dataset[process_index::process_count].batch(global_batch_size // process_count)
+    dataset = dataset.batch(global_batch_size // process_count)[process_index::process_count]
     return iter(dataset.to_iter_dataset())
 
 
 def global_batch(local: Any, shardings: Any) -> Any:
-    """Assemble the global `jax.Array` batch from each process's local rows (numpy)."""
+    """Assemble the global `jax.Array` batch from each process's local rows (numpy); `shardings` is a tree
+    like `local` or one sharding for every leaf (a replicated one takes each process's whole array)."""
+    if isinstance(shardings, jax.sharding.Sharding):
+        return jax.tree.map(lambda x: jax.make_array_from_process_local_data(shardings, np.asarray(x)), local)
     return jax.tree.map(lambda x, s: jax.make_array_from_process_local_data(s, np.asarray(x)), local, shardings)
+
+
+class GlobalBatches:
+    """An iterator of global batches over a process-local grain iterator, keeping its `get_state()` /
+    `set_state()` (so `leanjax.train.fit` checkpoints and restores the data position as usual)."""
+
+    def __init__(self, local: Any, shardings: Any):
+        self.local, self.shardings = local, shardings
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> Any:
+        return global_batch(next(self.local), self.shardings)
+
+    def get_state(self) -> Any:
+        return self.local.get_state()
+
+    def set_state(self, state: Any) -> None:
+        self.local.set_state(state)
+
+
+def replicate(tree: Any, sharding: Any) -> Any:
+    """Place a pytree whose values are the same on every process (params from the same seed) as global
+    arrays with `sharding` (typically replicated), including typed PRNG keys."""
+    def put(x):
+        if jax.dtypes.issubdtype(getattr(x, "dtype", None), jax.dtypes.prng_key):
+            impl = jax.random.key_impl(x)
+            return jax.random.wrap_key_data(put(jax.random.key_data(x)), impl=impl)
+        host = np.asarray(x)
+        return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
+    return jax.tree.map(put, tree)

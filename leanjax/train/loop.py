@@ -30,6 +30,7 @@ from typing import Any, Callable, Iterator
 import jax
 import numpy as np
 
+from leanjax.parallel.multihost import process_dir
 from leanjax.train.checkpoint import Checkpointer
 from leanjax.train.writers import MetricWriter, Progress, mean_rows
 
@@ -90,7 +91,9 @@ def fit(state: Any, train_step: Callable, train_iter: Iterator, *, num_steps: in
         timed on its own).
       train_iter: yields batches and has grain's `get_state()` / `set_state()` (the data position saved).
       num_steps: the total steps (a resumed run trains the rest).
-      workdir: checkpoints, `metrics.jsonl`, TensorBoard events and `fit_stats.json` go here.
+      workdir: checkpoints, `metrics.jsonl`, TensorBoard events and `fit_stats.json` go here (in a multi-
+        process run the checkpoints are shared and the other files are process 0's; the others' go under
+        `workdir/process_<i>`).
       eval_fn: `eval_fn(params) -> dict`, run every `eval_every` steps and at the end.
       eval_every: 0: at the end only.
       checkpoint_every: 0: at the end only (and on SIGTERM or an early stop).
@@ -112,7 +115,8 @@ def fit(state: Any, train_step: Callable, train_iter: Iterator, *, num_steps: in
         if data_state:
             train_iter.set_state(data_state)
         print(f"[{desc}] resumed from checkpoint at step {start} in {ckpt.directory}", flush=True)
-    writer = MetricWriter(workdir, resume_step=start)
+    logdir = process_dir(workdir)  # one process per file: the others log under workdir/process_<i>
+    writer = MetricWriter(logdir, resume_step=start)
     bar = Progress(num_steps, initial=start, desc=desc, enabled=progress)
     history: list[dict] = list(writer.resumed_rows)
     pending: list[tuple[int, dict]] = []
@@ -204,7 +208,7 @@ def fit(state: Any, train_step: Callable, train_iter: Iterator, *, num_steps: in
                 elif eval_fn is not None:
                     run_eval(step)
                 if last_saved != step:
-                    _write_stats(workdir, step, (step - start) / train_time if train_time > 0 else math.nan,
+                    _write_stats(logdir, step, (step - start) / train_time if train_time > 0 else math.nan,
                                  compile_s)
                     save(step)
     finally:
@@ -213,7 +217,7 @@ def fit(state: Any, train_step: Callable, train_iter: Iterator, *, num_steps: in
         ckpt.close()
     steps_per_s = (step - start) / train_time if step > start and train_time > 0 else float("nan")
     if step == start:  # nothing trained here: the speed of the run that trained these steps
-        steps_per_s, compile_s = _read_stats(workdir, step, steps_per_s, compile_s)
+        steps_per_s, compile_s = _read_stats(logdir, step, steps_per_s, compile_s)
     return FitResult(state=state, history=history, start_step=start, steps_per_s=steps_per_s,
                      compile_s=compile_s, preempted=preempted, last_eval=last_eval)
 
