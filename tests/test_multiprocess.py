@@ -29,9 +29,12 @@ def _baseline(workdir, steps=STEPS):
             "--workdir", str(workdir)]
 
 
+LAUNCH = [sys.executable, "-m", "leanjax.parallel.launch", "--processes", "2", "--devices-per-process", "4",
+          "--grace-s", "5", "--"]
+
+
 def _launcher(workdir, steps=STEPS):
-    return [sys.executable, "-m", "leanjax.parallel.launch", "--processes", "2", "--devices-per-process", "4",
-            "--grace-s", "5", "--", *_baseline(workdir, steps)]
+    return [*LAUNCH, *_baseline(workdir, steps)]
 
 
 def _env(**extra):
@@ -137,3 +140,12 @@ def test_launcher_reports_a_failing_process_and_its_code(tmp_path):
     text = log.read_text()
     assert code == 3 and time.monotonic() - t0 < 30
     assert "[p1] bad input" in text and "[launch] process 1 exited with code 3: stopping the other" in text
+
+
+def test_a_config_that_leaves_a_process_without_devices_is_a_clear_error(tmp_path):
+    command = [sys.executable, "-m", "leanjax.experiments.parallel", "--config", "configs/parallel/default.py:tiny",
+               "--workdir", str(tmp_path)]
+    proc = subprocess.run([*LAUNCH, *command], cwd=ROOT, env=_env(), capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode != 0
+    assert "config.devices=2 would leave some of the 2 processes without a device" in proc.stdout

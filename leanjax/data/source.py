@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import fcntl
 import functools
 import io
 import logging
@@ -79,9 +80,18 @@ def _embedded_builder(name: str, root: pathlib.Path):
         builder = BUILDERS[name](data_dir=os.fspath(root))
         prepared = builder.is_prepared()
     if not prepared:
-        print(f"leanjax.data: building {name!r} into {root} (once)", file=sys.stderr)
-        with _silenced():
-            builder.download_and_prepare()
+        # Several processes of one run (leanjax.parallel.launch, a pod's hosts on a shared disk) may ask at
+        # once: one builds, the others wait on the lock and then find it prepared.
+        root.mkdir(parents=True, exist_ok=True)
+        with open(root / f".{name}.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            with _silenced():
+                builder = BUILDERS[name](data_dir=os.fspath(root))
+                prepared = builder.is_prepared()
+            if not prepared:
+                print(f"leanjax.data: building {name!r} into {root} (once)", file=sys.stderr)
+                with _silenced():
+                    builder.download_and_prepare()
     return builder
 
 

@@ -25,12 +25,14 @@ import functools  # noqa: E402
 import time  # noqa: E402
 
 import jax  # noqa: E402
+import numpy as np  # noqa: E402
 from flax import nnx  # noqa: E402
 
 from leanjax import data, losses  # noqa: E402
 from leanjax.experiments import _launch  # noqa: E402
 from leanjax.models import CausalLM, TransformerConfig, functional  # noqa: E402
 from leanjax.parallel import (  # noqa: E402
+    agree,
     decide,
     fingerprint,
     make_mesh,
@@ -71,6 +73,9 @@ def build(config):
 
 
 def run(config, workdir):
+    if config.devices and jax.process_count() > 1:
+        raise _launch.ConfigError(f"config.devices={config.devices} would leave some of the {jax.process_count()} "
+                                  "processes without a device: use 0 (every device) in a multi-process run")
     devices = jax.devices()[:config.devices] if config.devices else jax.devices()
     apply_fn, tx, state, batches = build_problem(config)
     batch = next(batches)
@@ -105,7 +110,8 @@ def run(config, workdir):
     # The exhaustive baseline: every candidate that compiled, timed the same way.
     ok = [(c, prog) for c, prog in surveyed if c.compiled]
     t0 = time.perf_counter()
-    times = measure([prog for _, prog in ok], steps=config.exhaustive.steps, rounds=config.exhaustive.rounds)
+    times = agree(np.asarray(measure([prog for _, prog in ok], steps=config.exhaustive.steps,
+                                     rounds=config.exhaustive.rounds))).tolist()
     exhaustive_s = time.perf_counter() - t0
     sweep = {spec_str(c.mesh): t for (c, _), t in zip(ok, times)}
     best = min(sweep, key=sweep.get)

@@ -8,7 +8,19 @@ multi-host setup.
 
 from leanjax.parallel.collectives import sharded_lm_loss, vocab_parallel_cross_entropy
 from leanjax.parallel.mesh import AXES, factorizations, make_mesh, parse_spec, resolve_shape, spec_str
-from leanjax.parallel.multihost import cluster_kind, global_batch, initialize, initialize_kwargs, process_batches
+from leanjax.parallel.multihost import (
+    GlobalBatches,
+    agree,
+    cluster_kind,
+    global_batch,
+    initialize,
+    initialize_kwargs,
+    is_primary,
+    place,
+    process_batches,
+    process_dir,
+    replicate,
+)
 from leanjax.parallel.planner import (
     Candidate,
     Hardware,
@@ -34,7 +46,8 @@ from leanjax.parallel.sharding import (
 )
 
 __all__ = [
-    "AXES", "AXIS_RULES", "PARAM_RULES", "Candidate", "Hardware", "Plan", "batch_sharding", "choose_mesh",
+    "AXES", "AXIS_RULES", "PARAM_RULES", "Candidate", "GlobalBatches", "Hardware", "Plan", "agree", "batch_sharding",
+    "choose_mesh", "is_primary", "place", "process_dir", "replicate",
     "cluster_kind", "decide", "describe", "factorizations", "fingerprint", "global_batch", "initialize",
     "initialize_kwargs", "logical_axes", "make_mesh", "measure", "parse_spec", "partition_spec", "plan_mesh",
     "process_batches", "resolve_shape", "save_plan", "shard", "sharded_lm_loss", "sharded_train_step", "spec_str",

@@ -133,13 +133,25 @@ class GlobalBatches:
         self.local.set_state(state)
 
 
+def place(x: Any, sharding: Any) -> jax.Array:
+    """One value that is the same on every process (params from the same seed, the same batch) as a global
+    array with `sharding`: each process fills the shards its own devices hold. Typed PRNG keys included."""
+    if jax.dtypes.issubdtype(getattr(x, "dtype", None), jax.dtypes.prng_key):
+        return jax.random.wrap_key_data(place(jax.random.key_data(x), sharding), impl=jax.random.key_impl(x))
+    host = np.asarray(x)
+    return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
+
+
 def replicate(tree: Any, sharding: Any) -> Any:
-    """Place a pytree whose values are the same on every process (params from the same seed) as global
-    arrays with `sharding` (typically replicated), including typed PRNG keys."""
-    def put(x):
-        if jax.dtypes.issubdtype(getattr(x, "dtype", None), jax.dtypes.prng_key):
-            impl = jax.random.key_impl(x)
-            return jax.random.wrap_key_data(put(jax.random.key_data(x)), impl=impl)
-        host = np.asarray(x)
-        return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
-    return jax.tree.map(put, tree)
+    """`place` every leaf of `tree` with the one `sharding` (typically replicated)."""
+    return jax.tree.map(lambda x: place(x, sharding), tree)
+
+
+def agree(values: Any) -> Any:
+    """Process 0's `values` on every process (a no-op in a single process): decisions made from timings,
+    which differ between processes, must be the same everywhere or the processes run different programs."""
+    if jax.process_count() == 1:
+        return values
+    from jax.experimental import multihost_utils
+
+    return jax.tree.map(np.asarray, multihost_utils.broadcast_one_to_all(values))

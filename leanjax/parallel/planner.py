@@ -26,9 +26,11 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import jax
+import numpy as np
 
 from leanjax.audit import Memory, analyze, time_interleaved
 from leanjax.parallel.mesh import AXES, factorizations, make_mesh, spec_str
+from leanjax.parallel.multihost import agree
 
 BuildFn = Callable[[jax.sharding.Mesh], tuple[Callable, tuple]]
 
@@ -194,7 +196,9 @@ def decide(surveyed: Sequence[tuple[Candidate, Any]], *, memory_limit: int | Non
     top = [i for i in order if cands[i].compiled and cands[i].fits][:measure_top]
     ranked = [cands[i] for i in order]
     if top:
-        times = measure([surveyed[i][1] for i in top], steps=steps, rounds=rounds)
+        # Every process must pick the same mesh: process 0's timings decide.
+        times = [float(t) for t in agree(np.asarray(measure([surveyed[i][1] for i in top], steps=steps,
+                                                            rounds=rounds)))]
         timed = sorted((dataclasses.replace(cands[i], measured_step_s=t) for i, t in zip(top, times)),
                        key=lambda c: c.measured_step_s)
         ranked = timed + [cands[i] for i in order if i not in top]

@@ -113,8 +113,15 @@ def describe(tree: Any, shardings: Any) -> list[tuple[str, tuple[int, ...], str]
 
 
 def shard(tree: Any, shardings: Any) -> Any:
-    """Place `tree` with `shardings` (a copy; the input is left as it was)."""
-    return jax.device_put(tree, shardings)
+    """Place `tree` with `shardings` (a copy; the input is left as it was). In a multi-process run every
+    process passes the same values (same seed, same batch) and fills the shards of its own devices."""
+    if jax.process_count() == 1:
+        return jax.device_put(tree, shardings)
+    from leanjax.parallel.multihost import place
+
+    if isinstance(shardings, jax.sharding.Sharding):
+        return jax.tree.map(lambda x: place(x, shardings), tree)
+    return jax.tree.map(place, tree, shardings)
 
 
 def sharded_train_step(make_step: Callable[..., Callable], state: Any, batch: Any, mesh: jax.sharding.Mesh,
