@@ -135,7 +135,38 @@ GPT2 = KeyMap(
     strip_prefixes=("transformer.",),
 )
 
-KEY_MAPS = {m.name: m for m in (BERT, GPT2)}
+
+def _decoder(name: str, *, gemma: bool = False) -> KeyMap:
+    """transformers' Llama-style `*ForCausalLM` names (`model.layers.{i}.self_attn.q_proj` ...) onto
+    `leanjax.models.decoder.Decoder`. Gemma's `post_attention_layernorm` is the attention's output norm and
+    `pre_feedforward_layernorm` the MLP's input norm; Llama's `post_attention_layernorm` is the MLP's input
+    norm. Rules for tensors a family lacks (biases, q/k norms, an untied head) simply never match."""
+    layer = "model.layers.{i}"
+    norms = (Rule(f"{layer}.post_attention_layernorm.weight", "layers/{i}/attn_out_norm/scale"),
+             Rule(f"{layer}.pre_feedforward_layernorm.weight", "layers/{i}/mlp_norm/scale"),
+             Rule(f"{layer}.post_feedforward_layernorm.weight", "layers/{i}/mlp_out_norm/scale")) if gemma else (
+             Rule(f"{layer}.post_attention_layernorm.weight", "layers/{i}/mlp_norm/scale"),)
+    return KeyMap(
+        name=name,
+        rules=(
+            Rule("model.embed_tokens.weight", "embed/embedding"),
+            *(r for n in ("q", "k", "v", "o") for r in _linear(f"{layer}.self_attn.{n}_proj", f"layers/{{i}}/{n}")),
+            *(r for n in ("gate", "up", "down") for r in _linear(f"{layer}.mlp.{n}_proj", f"layers/{{i}}/{n}")),
+            Rule(f"{layer}.input_layernorm.weight", "layers/{i}/attn_norm/scale"),
+            *norms,
+            Rule(f"{layer}.self_attn.q_norm.weight", "layers/{i}/q_norm/scale"),
+            Rule(f"{layer}.self_attn.k_norm.weight", "layers/{i}/k_norm/scale"),
+            Rule("model.norm.weight", "final_norm/scale"),
+            Rule("lm_head.weight", "lm_head/kernel", transpose=True),
+        ),
+        # rotary buffers of older checkpoints; a tied head saved anyway
+        ignore=(r"model\.layers\.\d+\.self_attn\.rotary_emb\.inv_freq",),
+    )
+
+
+LLAMA, QWEN2, QWEN3, MISTRAL = (_decoder(n) for n in ("llama", "qwen2", "qwen3", "mistral"))
+GEMMA2, GEMMA3 = _decoder("gemma2", gemma=True), _decoder("gemma3_text", gemma=True)
+KEY_MAPS = {m.name: m for m in (BERT, GPT2, LLAMA, QWEN2, QWEN3, MISTRAL, GEMMA2, GEMMA3)}
 
 
 def key_map_for(hf_config: dict) -> KeyMap:

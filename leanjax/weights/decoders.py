@@ -1,0 +1,64 @@
+"""Open-weight decoder checkpoints (Llama 3, Qwen 2.5/3, Mistral, Gemma 2/3) into `leanjax.models.Decoder`.
+
+`load_decoder` reads `config.json` into a `DecoderConfig`, builds the model abstractly (`nnx.eval_shape`: no
+memory), and streams the safetensors shards into it through the family's declarative key map
+(`leanjax.weights.keymaps`), with `leanjax.weights.hf.load_into`: every missing, unexpected or mis-shaped
+tensor is reported at once before any is read, one tensor is in flight at a time, and `on_load` may
+quantize each leaf as it arrives (QLoRA's NF4 base without a float copy of the model). `export_hf` writes it
+back under the HF names.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import pathlib
+from collections.abc import Mapping
+from typing import Any
+
+from flax import nnx
+
+from leanjax.models.decoder import Decoder, DecoderConfig
+from leanjax.weights.hf import OnLoad, load_into, resolve_source
+from leanjax.weights.keymaps import key_map_for
+
+
+@dataclasses.dataclass
+class LoadedDecoder:
+    model: Decoder
+    config: DecoderConfig
+    hf_config: dict
+    tokenizer: Any
+    path: pathlib.Path
+
+
+def load_decoder(source: str | pathlib.Path, *, dtype: str | None = None, on_load: OnLoad | None = None,
+                 config_overrides: Mapping[str, Any] | None = None) -> LoadedDecoder:
+    """Load a HF decoder checkpoint (config.json + safetensors, sharded or not [+ tokenizer.json]).
+
+    Args:
+      source: a local checkpoint directory, or a hub id such as "Qwen/Qwen3-0.6B" (needs the network).
+      dtype: storage dtype of the params (cast on load; "bfloat16" halves host and device memory).
+      on_load: per-leaf hook `on_load(path, array) -> leaf` (see `leanjax.weights.hf.load_into`).
+      config_overrides: `DecoderConfig` fields to replace (e.g. `{"dtype": "bfloat16", "remat": "dots"}`).
+
+    Returns:
+      `LoadedDecoder(model, config, hf_config, tokenizer, path)`.
+    """
+    directory, files = resolve_source(source)
+    config_path = directory / "config.json"
+    if not config_path.is_file():
+        raise FileNotFoundError(f"{config_path}: missing; a checkpoint directory needs config.json")
+    hf_config = json.loads(config_path.read_text())
+    overrides = dict(config_overrides or {})
+    if dtype is not None:
+        overrides["param_dtype"] = dtype
+    config = DecoderConfig.from_hf_config(hf_config, **overrides)
+    abstract = nnx.eval_shape(lambda: Decoder(config, rngs=nnx.Rngs(0)))
+    model = load_into(abstract, files, key_map_for(hf_config), on_load=on_load)
+    tokenizer = None
+    if (directory / "tokenizer.json").is_file():
+        from tokenizers import Tokenizer
+
+        tokenizer = Tokenizer.from_file(str(directory / "tokenizer.json"))
+    return LoadedDecoder(model=model, config=config, hf_config=hf_config, tokenizer=tokenizer, path=directory)
