@@ -29,6 +29,7 @@ import numpy as np
 from flax import nnx
 from flax.nnx import traversals
 
+from leanjax.models.decoder import Decoder
 from leanjax.models.transformer import Transformer, TransformerConfig
 from leanjax.weights.files import (
     PICKLE_SUFFIXES,
@@ -222,9 +223,9 @@ def transformer_prefix(model: nnx.Module) -> str:
       Path of the (first) `Transformer` inside `model` with a trailing '/', or '' if it is one.
     """
     for path, node in nnx.iter_graph(model):
-        if isinstance(node, Transformer):
+        if isinstance(node, (Transformer, Decoder)):
             return "".join(f"{p}/" for p in path)
-    raise ValueError(f"{type(model).__name__} contains no leanjax Transformer")
+    raise ValueError(f"{type(model).__name__} contains no leanjax Transformer or Decoder")
 
 
 def export_hf(model: nnx.Module, directory: str | pathlib.Path, *, key_map: KeyMap,
@@ -252,8 +253,10 @@ def export_hf(model: nnx.Module, directory: str | pathlib.Path, *, key_map: KeyM
     _, leaves = _flat_leaves(model)
     if typed := [p for p, v in leaves.items() if not isinstance(v, (jax.Array, np.ndarray))]:
         raise TypeError(f"cannot export non-array params {typed}: merge or materialise typed weights first")
-    encoder = next(node for _, node in nnx.iter_graph(model) if isinstance(node, Transformer))
+    encoder = next(node for _, node in nnx.iter_graph(model) if isinstance(node, (Transformer, Decoder)))
     num_layers = encoder.config.num_layers
+    if isinstance(encoder, Decoder) and hf_config is None:
+        raise ValueError("exporting a Decoder needs hf_config: the config.json it was loaded from")
     entries = []
     for rule in key_map.rules:
         for i in (range(num_layers) if rule.layered else [None]):
@@ -269,7 +272,9 @@ def export_hf(model: nnx.Module, directory: str | pathlib.Path, *, key_map: KeyM
             shape = _hf_shape(rule, [_part_shape(t, leaves) for t in targets])
             entries.append((rule.hf.format(i=i), shape, leaves[targets[0].path].dtype, produce))
     write_safetensors(directory / "model.safetensors", entries, metadata={"format": "pt"})
-    (directory / "config.json").write_text(json.dumps(hf_config_from(encoder.config, hf_config), indent=2))
+    # A decoder's config.json is the imported one (its config is read from it, not the other way round).
+    config_json = hf_config_from(encoder.config, hf_config) if isinstance(encoder, Transformer) else dict(hf_config)
+    (directory / "config.json").write_text(json.dumps(config_json, indent=2))
     if tokenizer is not None:
         tokenizer.save(str(directory / "tokenizer.json"))
     return directory
