@@ -5,9 +5,9 @@ and QLoRA + remat; memory at billion-parameter shapes by compiling only.
     python -m leanjax.experiments.llm_finetune --config configs/llm_finetune/default.py:tiny   # 36 s quiet
     python -m leanjax.experiments.llm_finetune --config.model=qwen3-0.6b
 
-`model` names a family preset (llama-3.2-1b, llama-3.1-8b, qwen3-0.6b, gemma-3-1b, ...; the stand-in decoder
-`leanjax.experiments._llm_model` until issue 16 part A's `leanjax.models.decoder` is merged; `weights`, a
-directory or hub id, needs part A's loader). Without `weights` the model is randomly initialised, and every
+`model` names a family preset (llama-3.2-1b, llama-3.1-8b, qwen3-0.6b, gemma-3-1b, ...:
+`leanjax.models.decoder.PRESETS`); `weights`, a checkpoint directory or hub id, trains that model instead of
+the randomly initialised `train_model`. Without `weights` the model is randomly initialised, and every
 output says so (`metrics.init`, the README). Memory: the compiled train step's peak (arguments + outputs + temporaries -
 aliased) of each arm at `memory_batch` x `memory_seq_len` with the `model` preset, and of QLoRA + remat at
 `memory_8b_model`'s shape, batch `memory_8b_batch` x `memory_8b_seq_len`. Training, step time, tokens/s and
@@ -54,7 +54,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.memory_side_rows = True
     c.compute_dtype = "bfloat16"    # activations of the adapter arms (full fine-tune: float32, the baseline)
     c.loss_chunk = 1024             # tokens per chunk of the vocabulary cross-entropy
-    c.attention_chunk = 0           # >0: blockwise checkpointed attention over this many queries (every arm)
+    c.reference_dir = "tests/fixtures/decoders"  # transformers' logits per family (max_logit_diff); "" = skip
     c.memory_batch = 4
     c.memory_seq_len = 1024
     c.memory_8b_model = "llama-3.1-8b"

@@ -13,9 +13,10 @@ packed chats, loss on assistant tokens only (`leanjax.data.chat`).
 - `peft_speed_ratio`: leanjax LoRA steps/s over HF PEFT's on the same tiny Llama config, PEFT in a
   subprocess of `peft_python` (`_peft_bench`); None, labelled, when that interpreter has no torch.
 - `packing_efficiency`: real-token fraction of the packed rows. `generate_tokens_per_s`: greedy decoding with a
-  KV cache (the stand-in's; part A's `generate` replaces it). `load_peak_ratio` and `max_logit_diff` are part
-  A's (loading, reference fixtures): None, labelled, until it is merged.
-The decoder is `_llm_model`'s stand-in until `leanjax.models.decoder` (issue 16 part A) is merged.
+  KV cache (`leanjax.models.generate`). `max_logit_diff`: the worst family's largest |logit - transformers'
+  logit| on the reference fixtures (`reference_dir`, made by scripts/make_decoder_reference.py).
+  `load_peak_ratio`: not measured yet (None, labelled).
+The decoder is `leanjax.models.decoder.Decoder` (Llama 3, Qwen 2.5/3, Mistral, Gemma 2/3).
 """
 
 from __future__ import annotations
@@ -31,13 +32,16 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+from flax import nnx
 
 from leanjax import data, transforms
 from leanjax.data import chat
 from leanjax.experiments import _launch, _llm, _llm_model
+from leanjax.models.generate import generate
 from leanjax.state import TrainState
 from leanjax.step import make_train_step
 from leanjax.train import fit
+from leanjax.weights.decoders import load_decoder
 
 EXAMPLE = Path(chat.__file__).parent / "chat_example"
 GIB = 2**30
@@ -60,11 +64,10 @@ def packed_data(config):
 def arm_setup(config, base: _llm_model.Config, arm: str):
     """`(model config, arm_params kwargs, micro-batches)` of one arm on the `base` model."""
     remat = {"lora": config.lora_remat_policy, "qlora_remat": config.remat_policy}.get(arm, "none")
-    model = dataclasses.replace(base, dtype="float32" if arm == "full" else config.compute_dtype, remat=remat,
-                                attention_chunk=config.attention_chunk)
+    model = dataclasses.replace(base, dtype="float32" if arm == "full" else config.compute_dtype, remat=remat)
     kw = dict(kernels=_llm_model.KERNELS, rank=config.lora_rank, alpha=config.lora_alpha,
               group_size=config.qlora_group_size, key=jax.random.key(config.seed + 1),
-              quantize_rows=None if base.tie_word_embeddings else "embed")
+              quantize_rows=None if base.tie_word_embeddings else "embed/embedding")
     return model, kw, config.qlora_remat_micro_batches if arm == "qlora_remat" else 1
 
 
@@ -141,16 +144,28 @@ def peft_comparison(config, base: _llm_model.Config) -> tuple[float | None, dict
 
 def generation_speed(config, model: _llm_model.Config, params, packed) -> dict:
     """Greedy KV-cache generation tokens/s of the full fine-tune's final params (f32), second call timed."""
-    prompts = packed.inputs[:config.generate_batch, :config.generate_prompt_len]
-    generate = jax.jit(_llm_model.generate_greedy, static_argnums=(0, 3))
-    args = (dataclasses.replace(model, remat="none"), params, prompts, config.generate_tokens)
-    jax.block_until_ready(generate(*args))
+    prompts = packed.inputs[:config.generate_batch, :config.generate_prompt_len].tolist()
+    decoder = _llm_model.model(dataclasses.replace(model, remat="none"), params)
+    generate(decoder, prompts, max_new_tokens=config.generate_tokens)
     start = time.perf_counter()
-    tokens = jax.block_until_ready(generate(*args))
+    tokens = generate(decoder, prompts, max_new_tokens=config.generate_tokens)
     seconds = time.perf_counter() - start
-    return {"tokens_per_s": tokens.size / seconds, "seconds": seconds, "batch": int(prompts.shape[0]),
-            "prompt_len": int(prompts.shape[1]), "new_tokens": config.generate_tokens, "dtype": model.dtype,
-            "decoder": "stand-in (_llm_model.generate_greedy: greedy, KV cache)"}
+    return {"tokens_per_s": tokens.size / seconds, "seconds": seconds, "batch": len(prompts),
+            "prompt_len": config.generate_prompt_len, "new_tokens": config.generate_tokens, "dtype": model.dtype,
+            "decoder": "leanjax.models.generate (greedy, KV cache)"}
+
+
+def reference_logit_diffs(config) -> dict[str, float] | None:
+    """Largest |logit - transformers' logit| of each family's fixture in `reference_dir` (None if absent)."""
+    root = Path(config.reference_dir)
+    if not config.reference_dir or not root.is_dir():
+        return None
+    diffs = {}
+    for family in sorted(p.name for p in root.iterdir() if (p / "reference.npz").is_file()):
+        ref = np.load(root / family / "reference.npz")
+        got = load_decoder(root / family).model(jnp.asarray(ref["input_ids"]))
+        diffs[family] = float(np.abs(np.asarray(got) - ref["logits"]).max())
+    return diffs
 
 
 def check(config) -> None:
@@ -170,22 +185,32 @@ def check(config) -> None:
                                   f"memory_batch={config.memory_batch} and batch_size={config.batch_size}")
 
 
-def train_config(config, tokenizer) -> _llm_model.Config:
+def train_config(config, tokenizer) -> tuple[_llm_model.Config, dict | None]:
+    """The training model's config, and its loaded params with `weights` (else None: random init)."""
     if config.weights:
-        raise _launch.ConfigError(
-            f"config.weights={config.weights!r}: loading Hugging Face checkpoints is leanjax.models.decoder's "
-            "(issue 16 part A), not merged on this branch yet; run without weights (random init)")
+        try:
+            loaded = load_decoder(config.weights)
+        except (FileNotFoundError, ValueError) as e:
+            raise _launch.ConfigError(f"config.weights={config.weights!r}: {e}") from None
+        vocab = tokenizer.tokenizer.get_vocab_size()
+        if vocab > loaded.config.vocab_size:
+            raise _launch.ConfigError(
+                f"config.weights={config.weights!r} has a {loaded.config.vocab_size}-token vocabulary but the "
+                f"tokenizer ({config.tokenizer or 'the shipped example'}) has {vocab}: set config.tokenizer to the "
+                "checkpoint's own tokenizer")
+        return loaded.config, nnx.to_pure_dict(nnx.state(loaded.model))
     sizes = dict(config.train_model)
     sizes["vocab_size"] = sizes.get("vocab_size") or tokenizer.tokenizer.get_vocab_size()
-    return _llm_model.sized(_llm_model.preset(config.model), **sizes)
+    return _llm_model.sized(_llm_model.preset(config.model), **sizes), None
 
 
 def build(config):
     """The full fine-tune of the training model on the packed chats (what `--audit` compiles)."""
     check(config)
     packed, tokenizer, _ = packed_data(config)
-    model, _, _ = arm_setup(config, train_config(config, tokenizer), "full")
-    return dict(params=_llm_model.init_params(model, jax.random.key(config.seed)),
+    base, loaded = train_config(config, tokenizer)
+    model, _, _ = arm_setup(config, base, "full")
+    return dict(params=loaded if loaded is not None else _llm_model.init_params(model, jax.random.key(config.seed)),
                 loss=_llm_model.loss_fn(model, chunk_size=config.loss_chunk),
                 train=data.ArraySource(packed.batch(slice(None))))
 
@@ -193,11 +218,11 @@ def build(config):
 def run(config, workdir):
     check(config)
     packed, tokenizer, data_stats = packed_data(config)
-    base = train_config(config, tokenizer)
+    base, loaded = train_config(config, tokenizer)
     peaks = memory(config)
     source = data.ArraySource(packed.batch(slice(None)))
     results, steps, states = {}, {}, {}
-    init = _llm_model.init_params(base, jax.random.key(config.seed))
+    init = loaded if loaded is not None else _llm_model.init_params(base, jax.random.key(config.seed))
     for arm in _llm.ARMS:
         model, kw, micro = arm_setup(config, base, arm)
         params = _llm.arm_params(init, arm, **kw)
@@ -220,12 +245,13 @@ def run(config, workdir):
     peft_ratio, peft = peft_comparison(config, base)
     generation = generation_speed(config, arm_setup(config, base, "full")[0], states["full"].params, packed)
     full = peaks["full"]["peak_bytes"]
-    missing = "not measured: needs issue 16 part A (leanjax.models.decoder loading, fixtures), not merged here"
+    diffs = reference_logit_diffs(config)
     headline = {
         "lora.memory_ratio": peaks["lora"]["peak_bytes"] / full,
         "qlora_remat.memory_ratio": peaks["qlora_remat"]["peak_bytes"] / full,
         "qlora_remat_8b.peak_gib": peaks["qlora_remat_8b"]["peak_bytes"] / GIB,
-        "load_peak_ratio": None, "max_logit_diff": None, "generate_tokens_per_s": generation["tokens_per_s"],
+        "load_peak_ratio": None, "max_logit_diff": max(diffs.values()) if diffs else None,
+        "generate_tokens_per_s": generation["tokens_per_s"],
         "packing_efficiency": data_stats["packing_efficiency"],
         "peft_speed_ratio": peft_ratio,
     }
@@ -233,7 +259,8 @@ def run(config, workdir):
         "init": "random" if not config.weights else f"weights: {config.weights}",
         "memory": peaks, "memory_ratio": {k: v["peak_bytes"] / full for k, v in peaks.items()},
         "memory_gib": {k: v["peak_bytes"] / GIB for k, v in peaks.items()},
-        "train_model": dataclasses.asdict(base), "step_time_s": step_s, "tokens_per_step": tokens,
+        "train_model": dataclasses.asdict(base), "logit_diff_vs_transformers": diffs, "step_time_s": step_s,
+        "tokens_per_step": tokens,
         "tokens_per_s": {arm: tokens / s for arm, s in step_s.items()},
         "final_loss": {arm: r.history[-1]["loss"] if r.history else None for arm, r in results.items()},
         "loss_curves": {arm: [[row["step"], row["loss"]] for row in r.history if "loss" in row]
@@ -241,7 +268,8 @@ def run(config, workdir):
         "data": data_stats,
         "peft": peft,
         "generation": generation,
-        "not_measured": {"load_peak_ratio": missing, "max_logit_diff": missing, "mfu": "not measured: no GPU lent"},
+        "not_measured": {"load_peak_ratio": "not measured: the streaming loader's peak host memory has no "
+                         "measurement yet", "mfu": "not measured: no GPU lent"},
     }
     return metrics, headline
 

@@ -398,3 +398,58 @@ class Decoder(nnx.Module):
         shape = (c.num_layers, batch, length, c.num_kv_heads, c.head_dim)
         return (jnp.zeros(shape, dtype), jnp.zeros(shape, dtype), jnp.zeros((batch, length), jnp.int32),
                 jnp.zeros((batch, length), jnp.int32))
+
+
+def _llama(vocab, d, f, layers, heads, kv, hd, factor, tied):
+    return dict(model_type="llama", vocab_size=vocab, hidden_size=d, intermediate_size=f, num_hidden_layers=layers,
+                num_attention_heads=heads, num_key_value_heads=kv, head_dim=hd, rms_norm_eps=1e-5,
+                tie_word_embeddings=tied, rope_theta=500_000.0,
+                rope_scaling=dict(rope_type="llama3", factor=factor, low_freq_factor=1.0, high_freq_factor=4.0,
+                                  original_max_position_embeddings=8192))
+
+
+# The published config.json values (transformers 4.x convention) of the shapes the experiments name.
+PRESETS: dict[str, dict[str, Any]] = {
+    "llama-3.2-1b": _llama(128_256, 2048, 8192, 16, 32, 8, 64, 32.0, True),
+    "llama-3.2-3b": _llama(128_256, 3072, 8192, 28, 24, 8, 128, 32.0, True),
+    "llama-3.1-8b": _llama(128_256, 4096, 14_336, 32, 32, 8, 128, 8.0, False),
+    "qwen2.5-0.5b": dict(model_type="qwen2", vocab_size=151_936, hidden_size=896, intermediate_size=4864,
+                         num_hidden_layers=24, num_attention_heads=14, num_key_value_heads=2, rms_norm_eps=1e-6,
+                         rope_theta=1e6, tie_word_embeddings=True),
+    "qwen3-0.6b": dict(model_type="qwen3", vocab_size=151_936, hidden_size=1024, intermediate_size=3072,
+                       num_hidden_layers=28, num_attention_heads=16, num_key_value_heads=8, head_dim=128,
+                       rms_norm_eps=1e-6, rope_theta=1e6, tie_word_embeddings=True),
+    "gemma-2-2b": dict(model_type="gemma2", vocab_size=256_000, hidden_size=2304, intermediate_size=9216,
+                       num_hidden_layers=26, num_attention_heads=8, num_key_value_heads=4, head_dim=256,
+                       rms_norm_eps=1e-6, rope_theta=10_000.0, hidden_activation="gelu_pytorch_tanh",
+                       query_pre_attn_scalar=256, sliding_window=4096, attn_logit_softcapping=50.0,
+                       final_logit_softcapping=30.0),
+    "gemma-3-1b": dict(model_type="gemma3_text", vocab_size=262_144, hidden_size=1152, intermediate_size=6912,
+                       num_hidden_layers=26, num_attention_heads=4, num_key_value_heads=1, head_dim=256,
+                       rms_norm_eps=1e-6, rope_theta=1e6, rope_local_base_freq=10_000.0,
+                       hidden_activation="gelu_pytorch_tanh", query_pre_attn_scalar=256, sliding_window=512,
+                       sliding_window_pattern=6),
+    "mistral-7b": dict(model_type="mistral", vocab_size=32_768, hidden_size=4096, intermediate_size=14_336,
+                       num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=8, head_dim=128,
+                       rms_norm_eps=1e-5, rope_theta=1e6, tie_word_embeddings=False, sliding_window=None),
+}
+
+
+def preset(name: str, **overrides) -> DecoderConfig:
+    """The `DecoderConfig` of a named open-weight model shape (`PRESETS`), fields replaced by `overrides`."""
+    if name not in PRESETS:
+        raise ValueError(f"unknown model preset {name!r}: use one of {sorted(PRESETS)}")
+    return DecoderConfig.from_hf_config(PRESETS[name], **overrides)
+
+
+def resized(config: DecoderConfig, **sizes: int) -> DecoderConfig:
+    """The same family at other sizes (the nonzero `sizes` replace fields; a per-layer sliding pattern is
+    repeated over the new depth)."""
+    fields = {f.name for f in dataclasses.fields(DecoderConfig)}
+    if unknown := sorted(set(sizes) - fields):
+        raise ValueError(f"unknown model sizes {unknown}: use {sorted(fields)}")
+    sizes = {k: v for k, v in sizes.items() if v}
+    old = config.sliding_layers
+    if old and "num_layers" in sizes:
+        sizes["sliding_layers"] = tuple(old[i % len(old)] for i in range(sizes["num_layers"]))
+    return dataclasses.replace(config, **sizes)
