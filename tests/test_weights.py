@@ -261,3 +261,15 @@ def test_a_pickle_renamed_safetensors_is_reported_as_a_pickle(tmp_path):
     with pytest.raises(PickleRefusedError, match="pickle"):
         load_pretrained(tmp_path)
     assert not bomb.marker.exists()
+
+
+def test_a_safetensors_header_of_640_bytes_is_not_taken_for_a_pickle(tmp_path):
+    """The header length 0x0280 starts the file `0x80 0x02`, a pickle's protocol-2 magic: still safetensors."""
+    from leanjax.weights.files import header, looks_like_pickle
+
+    head = b'{"x":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}}'.ljust(0x280)
+    path = tmp_path / "model.safetensors"
+    path.write_bytes(len(head).to_bytes(8, "little") + head + np.float32(1.5).tobytes())
+    assert path.read_bytes()[:2] == b"\x80\x02"
+    assert not looks_like_pickle(path)
+    assert header(path) == {"x": ((1,), "F32")}

@@ -48,10 +48,16 @@ def refuse_pickle(path: pathlib.Path, *, renamed: bool = False) -> None:
 
 def looks_like_pickle(path: pathlib.Path) -> bool:
     """Whether the file starts as a pickle does (protocol 2-5: `0x80` then the protocol byte) or as
-    `torch.save`'s zip archive (`PK\\x03\\x04`, a pickle inside), whatever its name says."""
+    `torch.save`'s zip archive (`PK\\x03\\x04`, a pickle inside), whatever its name says.
+
+    A safetensors file starts with its JSON header's length (little-endian uint64) and then `{`; a header
+    of 0x0280-0x05ff bytes begins `0x80 0x02`..`0x05` too, so a file with a well-formed safetensors start is
+    never taken for a pickle."""
     with open(path, "rb") as f:
-        head = f.read(4)
-    return (len(head) >= 2 and head[0] == 0x80 and 2 <= head[1] <= 5) or head == b"PK\x03\x04"
+        head = f.read(9)
+    if len(head) == 9 and head[8:9] == b"{" and 0 < int.from_bytes(head[:8], "little") < path.stat().st_size:
+        return False
+    return (len(head) >= 2 and head[0] == 0x80 and 2 <= head[1] <= 5) or head[:4] == b"PK\x03\x04"
 
 
 def checkpoint_files(source: str | pathlib.Path) -> list[pathlib.Path]:
