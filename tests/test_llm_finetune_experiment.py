@@ -22,7 +22,8 @@ def test_tiny_end_to_end(tmp_path):
     assert 0 < head["packing_efficiency"] <= 1
     assert metrics["data"]["packing_efficiency"] > metrics["data"]["padded_efficiency"]
     assert head["generate_tokens_per_s"] > 0
-    assert head["load_peak_ratio"] is None and "not measured" in metrics["not_measured"]["load_peak_ratio"]
+    assert head["load_peak_ratio"] > 0 and metrics["load_peak"]["nf4_on_load"]["load_peak_ratio"] > 0
+    assert not (tmp_path / "load_peak_checkpoint").exists()
     assert 0 <= head["max_logit_diff"] < 1e-4 and len(metrics["logit_diff_vs_transformers"]) == 6
     assert head["peft_speed_ratio"] is None or head["peft_speed_ratio"] > 0
 

@@ -54,6 +54,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.memory_side_rows = True
     c.compute_dtype = "bfloat16"    # activations of the adapter arms (full fine-tune: float32, the baseline)
     c.loss_chunk = 1024             # tokens per chunk of the vocabulary cross-entropy
+    # load_peak_ratio: a random Llama-layout checkpoint of about 0.92 GiB in bf16 shards, loaded in a fresh process.
+    c.load_peak = ml_collections.ConfigDict(dict(enabled=True, hidden_size=2048, intermediate_size=5632, num_layers=8,
+                                                 vocab_size=32000, shards=4))
     c.reference_dir = "tests/fixtures/decoders"  # transformers' logits per family (max_logit_diff); "" = skip
     c.memory_batch = 4
     c.memory_seq_len = 1024
@@ -87,6 +90,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         c.generate_prompt_len = 8
         c.generate_tokens = 8
         c.peft_steps = 2
+        c.load_peak.update(dict(hidden_size=64, intermediate_size=128, num_layers=2, vocab_size=512, shards=2))
         c.log_every = 1
         c.progress = False
     else:

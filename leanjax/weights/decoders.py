@@ -13,12 +13,16 @@ from __future__ import annotations
 import dataclasses
 import json
 import pathlib
+import re
 from collections.abc import Mapping
 from typing import Any
 
+import jax
+import jax.numpy as jnp
 from flax import nnx
 
 from leanjax.models.decoder import Decoder, DecoderConfig
+from leanjax.transforms.quant import encode
 from leanjax.weights.hf import OnLoad, load_into, resolve_source
 from leanjax.weights.keymaps import key_map_for
 
@@ -62,3 +66,34 @@ def load_decoder(source: str | pathlib.Path, *, dtype: str | None = None, on_loa
 
         tokenizer = Tokenizer.from_file(str(directory / "tokenizer.json"))
     return LoadedDecoder(model=model, config=config, hf_config=hf_config, tokenizer=tokenizer, path=directory)
+
+
+def quantize_on_load(kernels: str = r"layers/.*/kernel", *, bits: int = 4, scheme: str = "nf4",
+                     group_size: int | None = 64) -> OnLoad:
+    """An `on_load` hook that stores the matching layer kernels quantized (QLoRA's NF4 base by default).
+
+    Each stacked kernel `[L, in, out]` is quantized one layer at a time and the layers' codes and scales
+    stacked, so the float transient is one layer's kernel, not the whole stack: the same values as
+    `transforms.quantize(params, kernels, ..., layout="sio")` after loading, without the float model.
+
+    Args:
+      kernels: regex (`re.fullmatch`) of the param paths to quantize; everything else is placed as loaded.
+      bits: 8 or 4.
+      scheme: 'int' or 'nf4'.
+      group_size: entries per scale along the input axis (None: one scale per output column).
+
+    Returns:
+      The hook, for `load_decoder(..., on_load=...)`.
+    """
+    pattern = re.compile(kernels)
+
+    def on_load(path: str, array):
+        if not pattern.fullmatch(path):
+            return jax.device_put(array)
+        if array.ndim != 3:
+            raise ValueError(f"{path}: quantize_on_load expects stacked [layers, in, out] kernels, got {array.shape}")
+        layers = [encode(jnp.asarray(array[i]), bits=bits, scheme=scheme, group_size=group_size, axis=-2, path=path)
+                  for i in range(array.shape[0])]
+        return jax.tree.map(lambda *xs: jnp.stack(xs), *layers)
+
+    return on_load

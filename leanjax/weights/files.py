@@ -169,8 +169,31 @@ def write_safetensors(path: pathlib.Path, tensors: Sequence[tuple[str, tuple[int
 
 def iter_tensors(files: Sequence[pathlib.Path], keys_by_file: dict[pathlib.Path, list[str]]
                  ) -> Iterator[tuple[str, np.ndarray]]:
-    """Yield `(key, array)` for the requested keys, one tensor in memory at a time."""
+    """Yield `(key, array)` for the requested keys, one tensor in memory at a time.
+
+    Tensors are read with plain `read` calls at their header offsets, not through a memory map: a mapped
+    shard's touched pages count in the process's resident memory until the file is closed, up to a whole
+    shard on top of the tensor (measured by `leanjax.weights.load_peak`).
+    """
+    import ml_dtypes
+
+    dtypes = {code: np.dtype(ml_dtypes.bfloat16 if name == "bfloat16" else getattr(ml_dtypes, name, name))
+              for name, code in _DTYPE_CODES.items()}
     for path in files:
-        with open_safetensors(path) as f:
-            for key in keys_by_file.get(path, ()):
-                yield key, f.get_tensor(key)
+        wanted = keys_by_file.get(path, ())
+        if not wanted:
+            continue
+        with open_safetensors(path):  # validates the file (and refuses pickles) before any read
+            pass
+        with open(path, "rb") as f:
+            size = int.from_bytes(f.read(8), "little")
+            entries = json.loads(f.read(size))
+            for key in wanted:
+                entry = entries[key]
+                start, end = entry["data_offsets"]
+                f.seek(8 + size + start)
+                data = f.read(end - start)
+                if len(data) != end - start:
+                    raise CheckpointFileError(f"{path}: {key} is truncated ({len(data)} of {end - start} bytes)")
+                dtype = dtypes[entry["dtype"]].newbyteorder("<")
+                yield key, np.frombuffer(data, dtype).reshape(entry["shape"])

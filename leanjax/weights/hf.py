@@ -5,8 +5,9 @@ reads only the safetensors headers to plan the whole load and check it (missing,
 mis-shaped keys are all collected and reported at once, before any tensor is read), then reads one
 tensor at a time, transposes/splits it as its `Rule` says, casts it to the param dtype, optionally hands
 it to an `on_load(path, array)` hook (e.g. quantize it as it arrives), and places it. Layer tensors of a
-scanned model are written into a preallocated stacked buffer. No second full copy of the model exists
-at any time; the transient extra memory is one tensor (one stacked leaf for scanned models).
+scanned model are written into a preallocated stacked buffer, leaf by leaf (all layers of one leaf, then the
+next), so no second full copy of the model exists at any time; the transient extra memory is one tensor
+(one stacked leaf for scanned models).
 
 `export_hf` writes the params back under their HF names, with `config.json`, streaming one tensor at a
 time; import -> export -> import is bitwise exact.
@@ -187,9 +188,15 @@ def load_into(model: nnx.Module, files: list[pathlib.Path], key_map: KeyMap, *, 
     out = dict(leaves)
     buffers: dict[str, np.ndarray] = {}
     remaining = dict(rows_needed)
-    keys_by_file = {f: [k for k, _, _ in entries] for f, entries in plan.items()}
     rules = {k: (rule, targets) for entries in plan.values() for k, rule, targets in entries}
-    for key, array in iter_tensors(files, keys_by_file):
+    # Read leaf by leaf, not file by file: a stacked leaf is complete (placed or quantized, its buffer freed)
+    # before the next one's layers are read, so at most one stacked leaf exists in host float at a time.
+    groups: dict[tuple[str, ...], dict[pathlib.Path, list[str]]] = {}
+    for file, entries in plan.items():
+        for key, _, targets in entries:
+            groups.setdefault(tuple(t.path for t in targets), {}).setdefault(file, []).append(key)
+    tensors = (item for by_file in groups.values() for item in iter_tensors(files, by_file))
+    for key, array in tensors:
         rule, targets = rules[key]
         if rule.transpose:
             array = array.T

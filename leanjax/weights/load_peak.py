@@ -87,20 +87,16 @@ def write_random_decoder(directory: str | pathlib.Path, hf_config: Mapping[str, 
 _PROBE = r"""
 import json, resource, sys
 import jax, numpy as np
-from leanjax import transforms
-from leanjax.weights.decoders import load_decoder
+from leanjax.weights.decoders import load_decoder, quantize_on_load
 
-directory, dtype, quantize = sys.argv[1], sys.argv[2] or None, sys.argv[3] or None
+directory, dtype, scheme = sys.argv[1], sys.argv[2] or None, sys.argv[3] or None
 jax.numpy.zeros(1).block_until_ready()  # backend up before the baseline
 rss = lambda: int(open("/proc/self/statm").read().split()[1]) * resource.getpagesize()
 before = rss()
 
-def nf4(path, array):
-    if path.startswith("layers/") and path.endswith("/kernel"):
-        return transforms.quantize({"w": array}, "w", bits=4, scheme="nf4", group_size=64, layout="sio")["w"]
-    return jax.device_put(array)
+nf4 = quantize_on_load(bits=4, scheme="nf4", group_size=64)
 
-model = load_decoder(directory, dtype=dtype, on_load=nf4 if quantize == "nf4" else None).model
+model = load_decoder(directory, dtype=dtype, on_load=nf4 if scheme == "nf4" else None).model
 jax.block_until_ready(jax.tree.leaves(model))
 peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 print(json.dumps({"before": before, "peak": peak, "after": rss()}))
