@@ -160,3 +160,34 @@ def test_random_init_shapes():
     model = Decoder(config, rngs=nnx.Rngs(0))
     assert model.layers.q.kernel.get_value().shape == (2, 64, 64) and model.layers.q.bias is not None
     assert model(jnp.zeros((1, 5), jnp.int32)).shape == (1, 5, 128)
+
+
+def _scan_bool_residuals(model, t):
+    """Shapes of boolean arrays the layer scan hands to the backward pass (stacked per layer)."""
+    graphdef, state = nnx.split(model)
+
+    def loss(state):
+        return nnx.merge(graphdef, state)(jnp.zeros((1, t), jnp.int32)).sum()
+
+    jaxpr = jax.make_jaxpr(jax.grad(loss))(state).jaxpr
+    found = []
+
+    def walk(jx):
+        for eqn in jx.eqns:
+            if eqn.primitive.name == "scan":
+                found.extend(v.aval.shape for v in eqn.outvars
+                             if v.aval.dtype == jnp.bool_ and v.aval.ndim >= 4)
+            for value in eqn.params.values():
+                for sub in value if isinstance(value, (tuple, list)) else (value,):
+                    if hasattr(sub, "eqns") or hasattr(getattr(sub, "jaxpr", None), "eqns"):
+                        walk(getattr(sub, "jaxpr", sub))
+
+    walk(jaxpr)
+    return found
+
+
+def test_one_window_mask_is_not_stacked_per_layer():
+    """Llama-style models (one window for all layers) build the attention mask once: the backward pass must
+    not keep a per-layer copy (1.9 GiB at the 1B shape, 4 x 1024)."""
+    config = DecoderConfig.from_hf_config(json.loads((FIXTURES / "llama" / "config.json").read_text()))
+    assert _scan_bool_residuals(Decoder(config, rngs=nnx.Rngs(0)), 8) == []

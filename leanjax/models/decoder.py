@@ -337,8 +337,14 @@ class Decoder(nnx.Module):
         graphdef = nnx.graphdef(self.layers)
         policy = checkpoint_policy(c.remat)
 
+        # One window for every layer (Llama, Qwen, Mistral): the mask is built once, outside the scan, so it is
+        # loop-invariant and the backward pass keeps one copy, not one `[B, H, T, S]` broadcast per layer.
+        one_window = len(set(c.layer_is_sliding)) == 1
+        shared = attention_mask(positions, positions, segment_ids, segment_ids,
+                                (c.sliding_window or 0) if c.layer_is_sliding[0] else 0) if one_window else None
+
         def block(params, h, window, inv_freq):
-            mask = attention_mask(positions, positions, segment_ids, segment_ids, window)
+            mask = shared if one_window else attention_mask(positions, positions, segment_ids, segment_ids, window)
             return nnx.merge(graphdef, params)(h, positions, mask, inv_freq)
 
         if policy is not None:
