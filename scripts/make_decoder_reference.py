@@ -3,7 +3,8 @@ made with transformers' own classes, saved as HF checkpoints with reference logi
 
     /path/to/venv-with-torch/bin/python scripts/make_decoder_reference.py   # torch, transformers 5.x
 
-Writes tests/fixtures/decoders/<family>/{config.json, model.safetensors, reference.npz}; the tests
+Writes tests/fixtures/decoders/<family>/{config.json, model.safetensors, reference.npz} and, for llama, a PEFT
+LoRA adapter (`peft_lora/`, `peft_reference.npz`; `--peft` makes only that, on the saved llama); the tests
 (tests/test_decoder.py) need neither torch nor transformers. `reference.npz` holds `input_ids` [2, 24],
 `logits` [2, 24, V] (f32, eager attention), `prompt` [1, 8] and `greedy` [1, 32] (the 32 tokens
 `generate(do_sample=False)` appends). Sizes are chosen so that every family feature matters: sliding
@@ -12,6 +13,7 @@ soft-caps that bite, a global layer among sliding ones.
 """
 
 import pathlib
+import sys
 
 import numpy as np
 import torch
@@ -81,5 +83,29 @@ def main():
         print(f"{name}: logits {logits.shape} std {logits.std():.3f}, greedy {distinct} distinct tokens")
 
 
+
+
+def make_peft(directory=OUT / "llama"):
+    """A PEFT LoRA adapter (r=4, alpha=8, every projection, B moved off zero) on the llama fixture, with the
+    adapted model's logits: tests load it onto leanjax's decoder (`load_peft`) and compare."""
+    from peft import LoraConfig, get_peft_model
+
+    model = tf.LlamaForCausalLM.from_pretrained(directory, attn_implementation="eager").eval()
+    torch.manual_seed(1)
+    targets = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    peft_model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=targets, lora_dropout=0.0))
+    with torch.no_grad():
+        for name, p in peft_model.named_parameters():
+            if "lora_B" in name:
+                p.copy_(0.5 * torch.randn_like(p))
+        ref = np.load(directory / "reference.npz")
+        logits = peft_model(torch.tensor(ref["input_ids"])).logits.float().numpy()
+    peft_model.save_pretrained(directory / "peft_lora")
+    np.savez_compressed(directory / "peft_reference.npz", logits=logits)
+    print(f"llama + PEFT LoRA: logits std {logits.std():.3f}")
+
+
 if __name__ == "__main__":
-    main()
+    if "--peft" not in sys.argv:
+        main()
+    make_peft()
