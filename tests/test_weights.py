@@ -237,6 +237,20 @@ def test_unreachable_hub_id_is_a_clear_error():
         load_pretrained("leanjax-test/no-such-model")
 
 
+def test_an_unanswering_hub_fails_in_about_a_second_saying_what_to_download(monkeypatch):
+    import time
+
+    from leanjax.weights.decoders import load_decoder
+
+    # A non-routable address: connecting hangs, as behind a firewall that drops packets.
+    monkeypatch.setenv("HF_ENDPOINT", "http://10.255.255.1:81")
+    start = time.perf_counter()
+    with pytest.raises(ConnectionError) as err:
+        load_decoder("leanjax-test/no-such-llm")
+    assert time.perf_counter() - start < 5
+    assert "huggingface-cli download leanjax-test/no-such-llm" in str(err.value)
+
+
 def test_two_keys_for_one_param(tiny_checkpoint, tmp_path):
     directory, _ = tiny_checkpoint
     def edit(t):  # the same tensor with and without BertForSequenceClassification's prefix

