@@ -211,3 +211,17 @@ def test_peft_adapter_loads_onto_the_decoder_and_round_trips(tmp_path):
     again = transforms.load_peft(str(tmp_path), params, key_map=key_map, layout="sio")
     for a, b in zip(jax.tree.leaves(adapted), jax.tree.leaves(again)):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_the_parallel_rules_shard_the_decoder():
+    """`leanjax.parallel`'s logical-axis rules place every decoder kernel: heads and MLP columns on `tensor`."""
+    from leanjax.parallel import describe, make_mesh, tree_shardings
+
+    params = nnx.to_pure_dict(nnx.state(load_decoder(FIXTURES / "qwen2").model))
+    mesh = make_mesh("data=4,tensor=2")
+    specs = {path: spec for path, _, spec in describe(params, tree_shardings(params, mesh))}
+    spec = jax.sharding.PartitionSpec
+    assert specs["layers/q/kernel"] == specs["layers/gate/kernel"] == str(spec(None, None, "tensor"))
+    assert specs["layers/o/kernel"] == specs["layers/down/kernel"] == str(spec(None, "tensor", None))
+    assert specs["layers/q/bias"] == str(spec(None, "tensor"))
+    assert specs["embed/embedding"] == specs["lm_head/kernel"].replace("None, 'tensor'", "'tensor', None")
