@@ -1,7 +1,7 @@
 """llm_finetune: an open-weight decoder instruction-tuned by full fine-tuning, LoRA (bf16 base), QLoRA (NF4 base)
 and QLoRA + remat; memory at billion-parameter shapes by compiling only.
 
-    python -m leanjax.experiments.llm_finetune                                         # default: 4 min loaded
+    python -m leanjax.experiments.llm_finetune                                         # default: 3.5 min loaded
     python -m leanjax.experiments.llm_finetune --config configs/llm_finetune/default.py:tiny   # 36 s quiet
     python -m leanjax.experiments.llm_finetune --config.model=qwen3-0.6b
 
@@ -14,8 +14,8 @@ aliased) of each arm at `memory_batch` x `memory_seq_len` with the `model` prese
 generation run at `train_model` (the same family at a size that runs on 2 CPU cores), on the shipped tweets
 chat example packed into rows of `seq_len`. Goals: `lora.memory_ratio` <= 0.40, `qlora_remat.memory_ratio`
 <= 0.08, `qlora_remat_8b.peak_gib` < 10, `load_peak_ratio` <= 1.2, `peft_speed_ratio` >= 1.0. Measured
-(experiments/llm_finetune/README.md): 0.234, 0.0699, 9.45 GiB (met); max_logit_diff 9.5e-6 (met);
-peft_speed_ratio 0.330 (missed).
+(experiments/llm_finetune/README.md): 0.242, 0.0722, 9.43 GiB (met); max_logit_diff 9.5e-6 (met);
+peft_speed_ratio 0.247 (missed).
 """
 
 import ml_collections
