@@ -356,8 +356,11 @@ def test_lora_row_trains_adapters_only_and_unchanged_rows_are_flagged():
     lora = interventions.lora(subject, iters=0)
     # Adam moments for the adapters only: rank 8 on 64x128 and 128x64 kernels.
     assert lora.memory.arguments < train.memory.arguments
+    same = interventions.what_if("same", lambda: interventions.audit_train(subject, "same", iters=0))
+    assert interventions._unless_unchanged(same, train).unavailable.startswith("no effect on this model")
+    # No layer stack: the remat and student rows say so in terms of the model.
     remat = interventions.what_if("remat", lambda: interventions.remat(subject, "dots", iters=0))
-    assert interventions._unless_unchanged(remat, train).unavailable.startswith("no effect on this model")
+    assert remat.unavailable.startswith("the model has no layer stack")
 
 
 @pytest.mark.slow
@@ -368,12 +371,14 @@ def test_train_what_ifs_audit_every_transformed_step():
     train = interventions.audit_train(subject, "baseline", iters=0)
     rows = {r.name: r for r in interventions.train_what_ifs(subject, train, remat_policies=("dots",), iters=0)}
     assert rows["qlora r=8 (nf4)"].audit.memory.arguments < rows["lora r=8"].audit.memory.arguments
-    assert rows["remat dots"].unavailable.startswith("no effect on this model")  # it has no remat option
+    assert rows["remat dots"].unavailable.startswith("the model has no layer stack")
     assert rows["bf16 compute"].audit.hlo != train.hlo
     # Masks in the optimizer state: more memory, the same dense FLOPs (pruning pays at serving time).
     assert rows["pruning"].audit.memory.arguments > train.memory.arguments
     assert rows["pruning"].audit.flops >= train.flops
-    assert "smaller model the experiment defines" in rows["distilled student"].unavailable
+    assert "no layer stack" in rows["distilled student"].unavailable
+    accum = rows["grad accumulation x2"].audit
+    assert accum.name == "grad accumulation x2" and abs(accum.flops / train.flops - 1) < 0.2
 
 
 def test_serving_what_ifs_store_smaller_weights():
@@ -397,5 +402,5 @@ def test_cli_what_if_rows_for_the_baseline_experiment(tmp_path, data_dir):
     train = {r["name"]: r for r in rows["train"]}
     assert train["baseline"]["audit"]["dollars"]["per_run"] > 0
     assert train["lora r=8"]["audit"]["memory"]["peak"] < train["baseline"]["audit"]["memory"]["peak"]
-    assert "unchanged" in train["remat dots"]["unavailable"]  # the CNN has no remat policy
+    assert train["remat dots"]["unavailable"].startswith("a CNN has no layer stack")
     assert [r["name"] for r in rows["serve"]] == ["baseline", "int8 weights", "int4 weights"]

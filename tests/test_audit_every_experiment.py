@@ -39,3 +39,13 @@ def test_audit_writes_the_audit_headline(name, tmp_path):
         assert headline[f"audit.{step}.flops"] > 0 and headline[f"audit.{step}.peak_bytes"] > 0
     assert headline["audit.train.step_time_s"] > 0
     assert math.isfinite(headline["audit.serve.usd_per_1k_requests"])
+    # Every what-if row is an audit or a reason about the model, never about a config key.
+    whatif = json.loads((tmp_path / "summary.audit.json").read_text())["metrics"]["whatif"]
+    rows = whatif["train"][1:] + whatif["serve"][1:]
+    assert len(rows) == headline["audit.whatif.rows"] >= 10
+    for row in rows:
+        assert (row["audit"] is None) != (row["unavailable"] is None), row["name"]
+        assert row["unavailable"] is None or "config" not in row["unavailable"], row
+        assert row["audit"] is None or row["cheapest_fit"] is not None, row["name"]
+    if name == "baseline":  # the MNIST CNN: all but the two remat rows and the student (no layer stack)
+        assert headline["audit.whatif.available"] == headline["audit.whatif.rows"] - 3

@@ -1,16 +1,17 @@
 """The standard what-if interventions: each builds the transformed step of a `Subject` and audits it.
 
 A subject is a model's loss and serving function with its params, optimizer and one batch of each
-kind. Param-tree interventions (LoRA, QLoRA, magnitude pruning, int8/int4 weights) use
-`leanjax.transforms` and work on any subject; configuration interventions (remat policy, bf16 compute)
-need `Subject.rebuild`, which raises `Unavailable` for a model without that option. A distilled student
-is another, smaller model that the experiment defines (`leanjax.transforms.distill` gives its losses):
-its row is `Unavailable` here, saying so.
+kind. Param-tree interventions (LoRA, QLoRA, magnitude pruning, int8/int4 weights, bf16 params and
+compute, gradient accumulation) use `leanjax.transforms` and the train step and work on any subject;
+model interventions (a remat policy over the layer scan, a half-depth student) need `Subject.rebuild`.
+A row that cannot apply says why in terms of the model (`layer_stack`: a CNN has no layer stack to
+rematerialise or cut), not of a config key.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -51,7 +52,7 @@ class Subject:
 
 
 def audit_train(subject: Subject, name: str, params: Any = None, *, freeze_plain: bool = False,
-                **audit_kw) -> Audit:
+                grad_accum_steps: int = 1, **audit_kw) -> Audit:
     """The audited train step on `params` (default: the subject's), typed weights allowed.
 
     Adapters train; with `freeze_plain` the plain arrays (biases, norms) are frozen too.
@@ -59,7 +60,8 @@ def audit_train(subject: Subject, name: str, params: Any = None, *, freeze_plain
     params = subject.params if params is None else params
     mask = transforms.trainable(params, freeze_plain=freeze_plain)
     state = TrainState.create(params, subject.tx, jax.random.key(subject.seed), trainable=mask)
-    step = make_train_step(transforms.apply(subject.loss), subject.tx, trainable=mask)
+    step = make_train_step(transforms.apply(subject.loss), subject.tx, trainable=mask,
+                           grad_accum_steps=grad_accum_steps)
     return audit_compiled(step, state, subject.train_batch, name=name, **audit_kw)
 
 
@@ -101,15 +103,59 @@ def _rebuilt(subject: Subject, **options) -> Subject:
     return subject.rebuild(**options)
 
 
+def layer_stack(params: Any) -> tuple[str, int]:
+    """How the model's blocks are held, read from its param paths: ('scanned', L) for params stacked under
+    `layers/`, ('unrolled', L) for `layers/0/...`, ('conv', 0) for a CNN, ('none', 0) otherwise."""
+    leaves = dict(transforms.leaves_with_paths(params))
+    unrolled = {int(m[1]) for p in leaves if (m := re.search(r"(?:^|/)layers/(\d+)/", p))}
+    if unrolled:
+        return "unrolled", len(unrolled)
+    stacked = [x for p, x in leaves.items() if re.search(r"(?:^|/)layers/", p) and getattr(x, "ndim", 0) >= 2]
+    if stacked:
+        return "scanned", int(stacked[0].shape[0])
+    if any("conv" in p for p in leaves):
+        return "conv", 0
+    return "none", 0
+
+
+_NO_STACK = {"conv": "a CNN has no layer stack (its convolutions are not a scan of repeated blocks)",
+             "none": "the model has no layer stack (no repeated blocks)"}
+
+
 def remat(subject: Subject, policy: str, **audit_kw) -> Audit:
     """Train with blocks scanned and rematerialised under `policy` (see leanjax.models.remat)."""
+    kind, _ = layer_stack(subject.params)
+    if kind in _NO_STACK:
+        raise Unavailable(f"{_NO_STACK[kind]}: nothing to rematerialise block by block")
+    try:
+        rebuilt = _rebuilt(subject, remat=policy, scan_layers=True)
+    except Unavailable:
+        raise Unavailable(f"its {kind} layers were built without a remat option (the leanjax Transformer and "
+                          "Decoder take one)") from None
     # Remat bounds memory only inside a scan over blocks; on unrolled layers XLA undoes it.
-    return audit_train(_rebuilt(subject, remat=policy, scan_layers=True), f"remat {policy}", **audit_kw)
+    return audit_train(rebuilt, f"remat {policy}", **audit_kw)
+
+
+def _to_bf16(tree: Any) -> Any:
+    return jax.tree.map(lambda x: x.astype(jnp.bfloat16) if jnp.issubdtype(x.dtype, jnp.floating) else x, tree)
 
 
 def bf16(subject: Subject, **audit_kw) -> Audit:
-    """Train with bfloat16 compute (params stay in their storage dtype)."""
-    return audit_train(_rebuilt(subject, dtype="bfloat16"), "bf16 compute", **audit_kw)
+    """Train with bfloat16 compute: the model's compute dtype when it has one (params keep their storage
+    dtype), else params and float inputs cast to bfloat16 (leanjax layers compute in their operands' dtype)."""
+    try:
+        return audit_train(_rebuilt(subject, dtype="bfloat16"), "bf16 compute", **audit_kw)
+    except Unavailable:
+        cast = dataclasses.replace(subject, params=_to_bf16(subject.params), train_batch=_to_bf16(subject.train_batch))
+        return audit_train(cast, "bf16 params and compute", **audit_kw)
+
+
+def grad_accumulation(subject: Subject, steps: int = 2, **audit_kw) -> Audit:
+    """The same batch in `steps` micro-batches, gradients summed: activations of one micro-batch."""
+    n = jax.tree.leaves(subject.train_batch)[0].shape[0]
+    if n % steps:
+        raise Unavailable(f"the batch of {n} does not split into {steps} equal micro-batches")
+    return audit_train(subject, f"grad accumulation x{steps}", grad_accum_steps=steps, **audit_kw)
 
 
 def quantized_serving(subject: Subject, bits: int, **audit_kw) -> Audit:
@@ -129,8 +175,19 @@ def pruning(subject: Subject, sparsity: float = 0.5, **audit_kw) -> Audit:
 
 
 def distilled_student(subject: Subject, **audit_kw) -> Audit:
-    raise Unavailable("a distilled student is a smaller model the experiment defines (see the distill "
-                      "experiment; losses in leanjax.transforms.distill); no generic row")
+    """The train step of a student with the first half of the layers (the distill experiment's recipe; its
+    loss adds the teacher's cached logits, `leanjax.transforms.distill`, a negligible input here)."""
+    kind, n = layer_stack(subject.params)
+    if kind in _NO_STACK:
+        raise Unavailable(f"{_NO_STACK[kind]} to cut in half; a narrower network is a student the experiment "
+                          "defines (the distill and prune experiments)")
+    if n < 2:
+        raise Unavailable(f"the model has {n} layer: no half to keep")
+    try:
+        rebuilt = _rebuilt(subject, num_layers=n // 2)
+    except Unavailable:
+        raise Unavailable(f"its {n} {kind} layers were built without a layer-count option") from None
+    return audit_train(rebuilt, f"student: {n // 2} of {n} layers", **audit_kw)
 
 
 def _unless_unchanged(row: WhatIf, baseline: Audit) -> WhatIf:
@@ -142,7 +199,8 @@ def _unless_unchanged(row: WhatIf, baseline: Audit) -> WhatIf:
 
 def train_what_ifs(subject: Subject, baseline: Audit, *, remat_policies=("dots", "nothing"),
                    **audit_kw) -> list[WhatIf]:
-    """The train-step rows: LoRA, QLoRA, remat policies, bf16, pruning, a distilled student."""
+    """The train-step rows: LoRA, QLoRA, remat policies, bf16, pruning, a distilled student, gradient
+    accumulation."""
     rows = [
         what_if("lora r=8", lambda: lora(subject, **audit_kw)),
         what_if("qlora r=8 (nf4)", lambda: qlora(subject, **audit_kw)),
@@ -150,6 +208,7 @@ def train_what_ifs(subject: Subject, baseline: Audit, *, remat_policies=("dots",
         what_if("bf16 compute", lambda: bf16(subject, **audit_kw)),
         what_if("pruning", lambda: pruning(subject, **audit_kw)),
         what_if("distilled student", lambda: distilled_student(subject, **audit_kw)),
+        what_if("grad accumulation x2", lambda: grad_accumulation(subject, 2, **audit_kw)),
     ]
     return [_unless_unchanged(row, baseline) for row in rows]
 

@@ -42,6 +42,48 @@ class WhatIf:
                 "audit": self.audit.to_dict() if self.audit else None}
 
 
+def cheapest_fit(peak_bytes: float, prices: PriceTable) -> dict[str, Any] | None:
+    """The cheapest priced accelerator whose memory holds `peak_bytes` (one device).
+
+    Args:
+      peak_bytes: a compiled step's peak.
+      prices: the price table.
+
+    Returns:
+      `{"device", "usd_per_hour", "memory_gib"}`, or None when no priced device holds it.
+    """
+    from leanjax.audit.serving import DEVICE_MEMORY_GIB, devices_that_fit
+
+    options = sorted((prices.prices[f].usd_per_hour, f) for f in devices_that_fit(peak_bytes)
+                     if f in prices.prices and f in DEVICE_MEMORY_GIB)
+    if not options:
+        return None
+    usd, family = options[0]
+    return {"device": family, "usd_per_hour": usd, "memory_gib": DEVICE_MEMORY_GIB[family]}
+
+
+def what_ifs_to_dict(baseline: Audit, rows: Sequence[WhatIf], prices: PriceTable) -> list[dict[str, Any]]:
+    """Rows as JSON: each row's audit or reason, its ratios to `baseline`, and the cheapest device it fits.
+
+    Args:
+      baseline: the unchanged step's audit.
+      rows: the what-if rows.
+      prices: for the cheapest device that fits each row.
+
+    Returns:
+      One dict per row, the baseline first.
+    """
+    out = []
+    for row in [WhatIf("baseline", baseline), *rows]:
+        entry = row.to_dict()
+        if row.audit is not None:
+            entry["memory_ratio"] = row.audit.memory.peak / baseline.memory.peak
+            entry["flops_ratio"] = row.audit.flops / baseline.flops if baseline.flops else None
+            entry["cheapest_fit"] = cheapest_fit(row.audit.memory.peak, prices)
+        out.append(entry)
+    return out
+
+
 def what_if(name: str, build: Callable[[], Audit]) -> WhatIf:
     """One what-if row: runs `build` (transform the step, then `audit_compiled` it).
 

@@ -31,7 +31,7 @@ from leanjax import data, transforms
 from leanjax.audit import audit_compiled, interventions
 from leanjax.audit.hardware import measure_peak_flops
 from leanjax.audit.prices import PriceTable
-from leanjax.audit.whatif import Unavailable
+from leanjax.audit.whatif import Unavailable, what_if_table, what_ifs_to_dict
 from leanjax.experiments._launch import apply_override, config_optimizer
 from leanjax.state import TrainState
 from leanjax.step import make_train_step
@@ -118,10 +118,21 @@ def audit_experiment(build, config: ml_collections.ConfigDict, workdir: str, ite
             f"serving step: {arm}", **kw).priced(prices, **per_request)
     for audit in audits.values():
         print(audit.table())
+    # What each intervention would do to this experiment's steps (rows built from its model and params).
+    train_rows = [r.priced(prices, steps=_entry(parts, config, "num_steps"))
+                  for r in interventions.train_what_ifs(base, train, **kw)]
+    serve_rows = [r.priced(prices, **per_request) for r in interventions.serve_what_ifs(base, **kw)]
+    print(what_if_table(train, train_rows))
+    print(what_if_table(serve, serve_rows))
+    whatif = {"train": what_ifs_to_dict(train, train_rows, prices),
+              "serve": what_ifs_to_dict(serve, serve_rows, prices)}
     headline = {"audit.train.flops": train.flops, "audit.train.peak_bytes": train.memory.peak,
                 "audit.train.step_time_s": train.timing.median_s, "audit.train.usd_per_run": train.dollars.per_run}
     for name, audit in audits.items():
         if name != "train":
             headline.update({f"audit.{name}.flops": audit.flops, f"audit.{name}.peak_bytes": audit.memory.peak,
                              f"audit.{name}.usd_per_1k_requests": audit.dollars.per_1k_requests})
-    return {"audit": {name: audit.to_dict() for name, audit in audits.items()}}, headline
+    rows = whatif["train"][1:] + whatif["serve"][1:]
+    headline["audit.whatif.rows"] = len(rows)
+    headline["audit.whatif.available"] = sum(r["audit"] is not None for r in rows)
+    return {"audit": {name: audit.to_dict() for name, audit in audits.items()}, "whatif": whatif}, headline
