@@ -11,7 +11,6 @@ back under the HF names.
 from __future__ import annotations
 
 import dataclasses
-import json
 import pathlib
 import re
 from collections.abc import Mapping
@@ -23,7 +22,7 @@ from flax import nnx
 
 from leanjax.models.decoder import Decoder, DecoderConfig
 from leanjax.transforms.quant import encode
-from leanjax.weights.hf import OnLoad, load_into, resolve_source
+from leanjax.weights.hf import OnLoad, load_into, read_checkpoint, read_tokenizer
 from leanjax.weights.keymaps import key_map_for
 
 
@@ -49,23 +48,15 @@ def load_decoder(source: str | pathlib.Path, *, dtype: str | None = None, on_loa
     Returns:
       `LoadedDecoder(model, config, hf_config, tokenizer, path)`.
     """
-    directory, files = resolve_source(source)
-    config_path = directory / "config.json"
-    if not config_path.is_file():
-        raise FileNotFoundError(f"{config_path}: missing; a checkpoint directory needs config.json")
-    hf_config = json.loads(config_path.read_text())
+    directory, files, hf_config = read_checkpoint(source)
     overrides = dict(config_overrides or {})
     if dtype is not None:
         overrides["param_dtype"] = dtype
     config = DecoderConfig.from_hf_config(hf_config, **overrides)
     abstract = nnx.eval_shape(lambda: Decoder(config, rngs=nnx.Rngs(0)))
     model = load_into(abstract, files, key_map_for(hf_config), on_load=on_load)
-    tokenizer = None
-    if (directory / "tokenizer.json").is_file():
-        from tokenizers import Tokenizer
-
-        tokenizer = Tokenizer.from_file(str(directory / "tokenizer.json"))
-    return LoadedDecoder(model=model, config=config, hf_config=hf_config, tokenizer=tokenizer, path=directory)
+    return LoadedDecoder(model=model, config=config, hf_config=hf_config, tokenizer=read_tokenizer(directory),
+                         path=directory)
 
 
 def quantize_on_load(kernels: str = r"layers/.*/kernel", *, bits: int = 4, scheme: str = "nf4",

@@ -410,6 +410,38 @@ def resolve_source(source: str | pathlib.Path) -> tuple[pathlib.Path, list[pathl
     return directory, checkpoint_files(directory)
 
 
+def read_checkpoint(source: str | pathlib.Path) -> tuple[pathlib.Path, list[pathlib.Path], dict[str, Any]]:
+    """A checkpoint's directory, safetensors files and `config.json`.
+
+    Args:
+      source: a local directory or .safetensors file, "minilm", or a hub id (see `resolve_source`).
+
+    Returns:
+      `(directory, files, hf_config)`.
+    """
+    directory, files = resolve_source(source)
+    config_path = directory / "config.json"
+    if not config_path.is_file():
+        raise FileNotFoundError(f"{config_path}: missing; a checkpoint directory needs config.json")
+    return directory, files, json.loads(config_path.read_text())
+
+
+def read_tokenizer(directory: pathlib.Path):
+    """The `tokenizers.Tokenizer` of `directory/tokenizer.json`, or None when there is none.
+
+    Args:
+      directory: a checkpoint directory.
+
+    Returns:
+      The tokenizer or None.
+    """
+    if not (directory / "tokenizer.json").is_file():
+        return None
+    from tokenizers import Tokenizer
+
+    return Tokenizer.from_file(str(directory / "tokenizer.json"))
+
+
 def load_pretrained(source: str | pathlib.Path = "minilm", *, model_cls: type[nnx.Module] = Transformer,
                     model_kwargs: Mapping[str, Any] | None = None, dtype=None, on_load: OnLoad | None = None,
                     scan_layers: bool = False, remat: str = "none",
@@ -433,11 +465,7 @@ def load_pretrained(source: str | pathlib.Path = "minilm", *, model_cls: type[nn
     Returns:
       `Pretrained(model, config, hf_config, tokenizer, path)`.
     """
-    directory, files = resolve_source(source)
-    config_path = directory / "config.json"
-    if not config_path.is_file():
-        raise FileNotFoundError(f"{config_path}: missing; a checkpoint directory needs config.json")
-    hf_config = json.loads(config_path.read_text())
+    directory, files, hf_config = read_checkpoint(source)
     overrides = dict(scan_layers=scan_layers, remat=remat, **(config_overrides or {}))
     if dtype is not None:
         overrides["param_dtype"] = dtype
@@ -454,9 +482,5 @@ def load_pretrained(source: str | pathlib.Path = "minilm", *, model_cls: type[nn
         init = jax.jit(lambda: {p: v for p, v in _flat_leaves(make())[1].items() if p in fresh})()
         abstract = _merge(graphdef, {**leaves, **init})
     model = load_into(abstract, files, key_map_for(hf_config), prefix=prefix, on_load=on_load)
-    tokenizer = None
-    if (directory / "tokenizer.json").is_file():
-        from tokenizers import Tokenizer
-
-        tokenizer = Tokenizer.from_file(str(directory / "tokenizer.json"))
-    return Pretrained(model=model, config=config, hf_config=hf_config, tokenizer=tokenizer, path=directory)
+    return Pretrained(model=model, config=config, hf_config=hf_config, tokenizer=read_tokenizer(directory),
+                      path=directory)
