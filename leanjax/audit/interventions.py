@@ -89,10 +89,20 @@ def lora(subject: Subject, rank: int = 8, **audit_kw) -> Audit:
     return audit_train(subject, f"lora r={rank}", _lora_params(subject, rank), freeze_plain=True, **audit_kw)
 
 
+def _embedding_tables(group: int) -> Callable[[str, Any], bool]:
+    """Frozen embedding tables whose rows split into blocks of `group`."""
+    return lambda path, leaf: (path.endswith("embedding") and getattr(leaf, "ndim", 0) == 2
+                               and leaf.shape[-1] % group == 0)
+
+
 def qlora(subject: Subject, rank: int = 8, group: int = 64, **audit_kw) -> Audit:
-    """LoRA over NF4 matmul weights (blocks of `group` when they divide the input axis)."""
+    """LoRA over NF4 matmul weights (blocks of `group` when they divide the input axis), the frozen
+    embedding tables NF4 too (row-wise blocks), as QLoRA stores every frozen weight it can."""
     base = transforms.quantize(subject.params, subject.targets, bits=4, scheme="nf4",
                                group_size=_group_size(subject, group))
+    tables = _embedding_tables(group)
+    if any(tables(path, leaf) for path, leaf in transforms.leaves_with_paths(base)):
+        base = transforms.quantize(base, tables, bits=4, scheme="nf4", group_size=group, axis=-1)
     params = _lora_params(subject, rank, base)
     return audit_train(subject, f"qlora r={rank}", params, freeze_plain=True, **audit_kw)
 
