@@ -386,9 +386,12 @@ def test_serving_what_ifs_store_smaller_weights():
 
     subject = _tiny_subject()
     serve = interventions.audit_serve(subject, "serving", iters=0)
-    int8, int4 = (r.audit for r in interventions.serve_what_ifs(subject, iters=0))
+    rows = {r.name: r for r in interventions.serve_what_ifs(subject, iters=0)}
+    int8, int4, packed = (rows[n].audit for n in ("int8 weights", "int4 weights", "2:4 sparse weights"))
     assert int8.memory.arguments < serve.memory.arguments
     assert int4.memory.arguments < int8.memory.arguments
+    assert packed.memory.arguments < serve.memory.arguments  # half the values and 2-bit positions
+    assert rows["compacted 50%"].unavailable.startswith("no unit groups for this model's layout")
     assert interventions.requests_per_step(subject) == 8
 
 
@@ -403,4 +406,12 @@ def test_cli_what_if_rows_for_the_baseline_experiment(tmp_path, data_dir):
     assert train["baseline"]["audit"]["dollars"]["per_run"] > 0
     assert train["lora r=8"]["audit"]["memory"]["peak"] < train["baseline"]["audit"]["memory"]["peak"]
     assert train["remat dots"]["unavailable"].startswith("a CNN has no layer stack")
-    assert [r["name"] for r in rows["serve"]] == ["baseline", "int8 weights", "int4 weights"]
+    assert [r["name"] for r in rows["serve"]] == ["baseline", "int8 weights", "int4 weights", "2:4 sparse weights",
+                                                  "compacted 50%"]
+    serve = {r["name"]: r for r in rows["serve"]}
+    assert serve["compacted 50%"]["audit"]["flops"] < serve["baseline"]["audit"]["flops"]  # smaller matmuls
+    # Data-side rows: the same step, a multiple of the run.
+    kept, study = train["data kept 50%"], train["hyperband study of 27 trials (eta 3)"]
+    assert kept["run_fraction"] == 0.5 and study["run_fraction"] == pytest.approx(4.0)
+    per_run = train["baseline"]["audit"]["dollars"]["per_run"]
+    assert kept["audit"]["dollars"]["per_run"] == pytest.approx(per_run / 2, rel=0.05)

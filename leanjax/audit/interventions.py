@@ -17,6 +17,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from leanjax import transforms
@@ -200,6 +201,63 @@ def distilled_student(subject: Subject, **audit_kw) -> Audit:
     return audit_train(rebuilt, f"student: {n // 2} of {n} layers", **audit_kw)
 
 
+def sparse24_serving(subject: Subject, **audit_kw) -> Audit:
+    """Serve with every matmul weight 2:4-sparse by magnitude, packed (`transforms.sparse24`: half the values
+    plus 2-bit positions)."""
+    def targets(path, leaf):
+        return subject.targets(path, leaf) and leaf.shape[-2] % 4 == 0
+
+    if not any(targets(p, x) for p, x in transforms.leaves_with_paths(subject.params)):
+        raise Unavailable("no matmul weight has an input axis divisible by 4")
+    masks = transforms.nm_masks(subject.params, targets)
+    return audit_serve(subject, "2:4 sparse weights", transforms.pack24(subject.params, targets, masks), **audit_kw)
+
+
+def compacted_serving(subject: Subject, sparsity: float = 0.5, **audit_kw) -> Audit:
+    """Serve the model with `sparsity` of its structured units (conv channels, hidden neurons) removed by
+    magnitude (`transforms.compact`): smaller dense matmuls, no sparse kernel needed."""
+    kind, _ = layer_stack(subject.params)
+    if kind == "conv":
+        groups = transforms.cnn_groups(subject.params)
+    elif kind == "unrolled" and set(subject.params) == {"layers"}:
+        groups = transforms.mlp_groups(subject.params)
+    elif kind == "scanned":
+        raise Unavailable("its layers are scanned (stacked): compaction removes units per layer of an "
+                          "unrolled model (the prune experiment compacts MiniLM unrolled)")
+    else:
+        raise Unavailable(f"no unit groups for this model's layout ({kind} layers): compaction knows CNNs, "
+                          "MLPs and unrolled BERT-layout encoders")
+    _, keep = transforms.structured_masks(subject.params, groups, sparsity)
+    params = transforms.compact(subject.params, groups, keep)
+    return audit_serve(subject, f"compacted {sparsity:.0%}", params, **audit_kw)
+
+
+def data_rows(baseline: Audit, *, kept: float = 0.5, trials: int = 27, eta: int = 3, min_fraction: float = 1 / 27
+              ) -> list[WhatIf]:
+    """Data-side rows: the same step, run fewer or more times.
+
+    - a kept fraction of the data (sampling, curriculum, dedup): `kept` of the run's steps;
+    - a Hyperband study of `trials` configurations: in a successive-halving bracket (Li et al. 2018,
+      https://arxiv.org/abs/1603.06560) with rungs eta apart from `min_fraction` of a run to a whole run, each
+      rung spends `trials * min_fraction` runs, so the study costs `trials * min_fraction * (rungs)` runs
+      (4.0 runs for 27 trials at eta 3), against `trials` runs for the same trials trained in full.
+
+    Args:
+      baseline: the train step's audit (memory and FLOPs per step are unchanged).
+      kept: the data fraction kept.
+      trials: the study's size.
+      eta: Hyperband's reduction factor.
+      min_fraction: the smallest budget, as a fraction of a full run.
+
+    Returns:
+      Two rows whose `run_fraction` carries the multiplier.
+    """
+    rungs = round(np.log(1 / min_fraction) / np.log(eta)) + 1
+    study = trials * min_fraction * rungs
+    return [WhatIf(f"data kept {kept:.0%}", baseline, run_fraction=kept),
+            WhatIf(f"hyperband study of {trials} trials (eta {eta})", baseline, run_fraction=study)]
+
+
 def _unless_unchanged(row: WhatIf, baseline: Audit) -> WhatIf:
     """A row that compiles to the baseline's program: the option does nothing for this model."""
     if row.audit is not None and row.audit.hlo == baseline.hlo and row.audit.memory == baseline.memory:
@@ -224,8 +282,10 @@ def train_what_ifs(subject: Subject, baseline: Audit, *, remat_policies=("dots",
 
 
 def serve_what_ifs(subject: Subject, **audit_kw) -> list[WhatIf]:
-    """The serving rows: int8 and int4 weights."""
-    return [what_if(f"int{b} weights", lambda b=b: quantized_serving(subject, b, **audit_kw)) for b in (8, 4)]
+    """The serving rows: int8 and int4 weights, 2:4-sparse packed weights, 50% of the units compacted away."""
+    return [*(what_if(f"int{b} weights", lambda b=b: quantized_serving(subject, b, **audit_kw)) for b in (8, 4)),
+            what_if("2:4 sparse weights", lambda: sparse24_serving(subject, **audit_kw)),
+            what_if("compacted 50%", lambda: compacted_serving(subject, 0.5, **audit_kw))]
 
 
 def requests_per_step(subject: Subject) -> int:

@@ -28,17 +28,23 @@ class WhatIf:
     name: str
     audit: Audit | None = None
     unavailable: str | None = None
+    run_fraction: float = 1.0   # of the baseline run's steps (data-side rows: the same step, fewer or more of them)
 
     def __post_init__(self):
         if (self.audit is None) == (self.unavailable is None):
             raise ValueError(f"what-if {self.name!r}: give exactly one of audit and unavailable")
 
     def priced(self, prices: PriceTable, **kwargs) -> WhatIf:
-        """This row with its audit priced (`Audit.priced`); an unavailable row stays as it is."""
-        return dataclasses.replace(self, audit=self.audit.priced(prices, **kwargs)) if self.audit else self
+        """This row with its audit priced (`Audit.priced`; a run's steps times `run_fraction`); an unavailable
+        row stays as it is."""
+        if self.audit is None:
+            return self
+        if kwargs.get("steps") is not None and self.run_fraction != 1.0:
+            kwargs["steps"] = max(1, round(kwargs["steps"] * self.run_fraction))
+        return dataclasses.replace(self, audit=self.audit.priced(prices, **kwargs))
 
     def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "unavailable": self.unavailable,
+        return {"name": self.name, "unavailable": self.unavailable, "run_fraction": self.run_fraction,
                 "audit": self.audit.to_dict() if self.audit else None}
 
 

@@ -120,7 +120,7 @@ def audit_experiment(build, config: ml_collections.ConfigDict, workdir: str, ite
         print(audit.table())
     # What each intervention would do to this experiment's steps (rows built from its model and params).
     train_rows = [r.priced(prices, steps=_entry(parts, config, "num_steps"))
-                  for r in interventions.train_what_ifs(base, train, **kw)]
+                  for r in [*interventions.train_what_ifs(base, train, **kw), *interventions.data_rows(train)]]
     serve_rows = [r.priced(prices, **per_request) for r in interventions.serve_what_ifs(base, **kw)]
     print(what_if_table(train, train_rows))
     print(what_if_table(serve, serve_rows))

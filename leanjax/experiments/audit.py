@@ -4,10 +4,12 @@
         [--iters 5] [--prices my_prices.json] [--json audit.json]
 
 Each row compiles the transformed train or serving step of the experiment and audits it (nothing is
-trained): LoRA, QLoRA, remat policies, bf16 compute, pruning and a distilled student for training,
-int8/int4 weights for serving. Rows leanjax cannot build yet, or that leave this model's compiled
-step unchanged, say so. Dollars: the training run's `config.num_steps` steps, and 1000 requests
-served one eval batch per step, under the price table (`--prices`, default the shipped one).
+trained): LoRA, QLoRA, remat policies, bf16 compute, pruning, a half-depth student and gradient
+accumulation for training, plus the data-side rows (a kept fraction of the data, a Hyperband study) as run
+multipliers; int8/int4, 2:4-sparse and 50%-compacted weights for serving. A row that cannot apply to this
+model, or that leaves its compiled step unchanged, says why. Dollars: the training run's `config.num_steps`
+steps, and 1000 requests served one eval batch per step, under the price table (`--prices`, default the
+shipped one).
 
 The experiment `leanjax.experiments.<name>` (the config's directory name) provides
 `build(config) -> {"params", "loss", "metrics", "train", "eval", ...}`, as `baseline` does; the
@@ -61,7 +63,8 @@ def main(argv: list[str] | None = None) -> int:
     per_request = dict(requests_per_step=interventions.requests_per_step(base))
     train = interventions.audit_train(base, "baseline", **kw).priced(prices, **per_run)
     serve = interventions.audit_serve(base, "baseline serving", **kw).priced(prices, **per_request)
-    train_rows = [r.priced(prices, **per_run) for r in interventions.train_what_ifs(base, train, **kw)]
+    train_rows = [r.priced(prices, **per_run)
+                  for r in [*interventions.train_what_ifs(base, train, **kw), *interventions.data_rows(train)]]
     serve_rows = [r.priced(prices, **per_request) for r in interventions.serve_what_ifs(base, **kw)]
 
     print(train.table())
