@@ -147,6 +147,33 @@ def remat(subject: Subject, policy: str, **audit_kw) -> Audit:
     return audit_train(rebuilt, f"remat {policy}", **audit_kw)
 
 
+def remat_auto(subject: Subject, baseline: Audit, policies=("none", "dots", "nothing"), **audit_kw) -> Audit:
+    """The `auto` policy (`leanjax.audit.remat_auto`): the fastest policy whose compiled step fits half the
+    baseline's peak; the row's name carries the pick."""
+    from leanjax.audit.remat_auto import NoPolicyFits, choose_remat
+
+    kind, _ = layer_stack(subject.params)
+    if kind in _NO_STACK:
+        raise Unavailable(f"{_NO_STACK[kind]}: nothing to rematerialise block by block")
+    try:
+        rebuilt = {p: _rebuilt(subject, remat=p, scan_layers=True) for p in policies}
+    except Unavailable:
+        raise Unavailable(f"its {kind} layers were built without a remat option (the leanjax Transformer and "
+                          "Decoder take one)") from None
+
+    def build_step(policy, _batch):
+        s = rebuilt[policy]
+        mask = transforms.trainable(s.params)
+        state = TrainState.create(s.params, s.tx, jax.random.key(s.seed), trainable=mask)
+        return make_train_step(transforms.apply(s.loss), s.tx, trainable=mask), (state, s.train_batch)
+
+    try:
+        choice = choose_remat(build_step, policies, baseline.memory.peak // 2, timing=False)
+    except NoPolicyFits as e:
+        raise Unavailable(f"no remat policy halves this step's memory ({e})") from None
+    return audit_train(rebuilt[choice.policy], f"remat auto (picks {choice.policy})", **audit_kw)
+
+
 def _to_bf16(tree: Any) -> Any:
     return jax.tree.map(lambda x: x.astype(jnp.bfloat16) if jnp.issubdtype(x.dtype, jnp.floating) else x, tree)
 
@@ -273,6 +300,7 @@ def train_what_ifs(subject: Subject, baseline: Audit, *, remat_policies=("dots",
         what_if("lora r=8", lambda: lora(subject, **audit_kw)),
         what_if("qlora r=8 (nf4)", lambda: qlora(subject, **audit_kw)),
         *(what_if(f"remat {p}", lambda p=p: remat(subject, p, **audit_kw)) for p in remat_policies),
+        what_if("remat auto", lambda: remat_auto(subject, baseline, **audit_kw)),
         what_if("bf16 compute", lambda: bf16(subject, **audit_kw)),
         what_if("pruning", lambda: pruning(subject, **audit_kw)),
         what_if("distilled student", lambda: distilled_student(subject, **audit_kw)),
