@@ -106,12 +106,13 @@ def what_if(name: str, build: Callable[[], Audit]) -> WhatIf:
         return WhatIf(name, unavailable=str(why))
 
 
-def what_if_table(baseline: Audit, rows: Sequence[WhatIf]) -> str:
+def what_if_table(baseline: Audit, rows: Sequence[WhatIf], prices: PriceTable | None = None) -> str:
     """A text table of what-if rows against a baseline.
 
     Args:
       baseline: the unchanged step's audit.
       rows: the `WhatIf` rows.
+      prices: when given, a column with the cheapest priced accelerator whose memory holds each row's step.
 
     Returns:
       Peak memory, FLOPs, step time and dollars of each row, and their ratios to `baseline`; unavailable
@@ -125,6 +126,8 @@ def what_if_table(baseline: Audit, rows: Sequence[WhatIf]) -> str:
 
     unit = "$ / run" if baseline.dollars and baseline.dollars.per_run is not None else "$ / 1k req"
     header = ["intervention", "peak memory", "", "FLOPs", "", "step time", "", unit, ""]
+    if prices is not None:
+        header.append("cheapest fit")
     base_t = baseline.timing.median_s if baseline.timing else None
     body, missing = [], []
     for row in [WhatIf("baseline", baseline), *rows]:
@@ -140,4 +143,7 @@ def what_if_table(baseline: Audit, rows: Sequence[WhatIf]) -> str:
             table.seconds(t), table.ratio(t, base_t),
             table.dollars(cost(a)), table.ratio(cost(a), cost(baseline)),
         ])
+        if prices is not None:
+            fit = cheapest_fit(a.memory.peak, prices)
+            body[-1].append(f"{fit['device']} ({fit['memory_gib']} GiB)" if fit else "none")
     return "\n".join([table.grid(header, body), *missing])

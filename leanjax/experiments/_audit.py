@@ -122,8 +122,8 @@ def audit_experiment(build, config: ml_collections.ConfigDict, workdir: str, ite
     train_rows = [r.priced(prices, steps=_entry(parts, config, "num_steps"))
                   for r in [*interventions.train_what_ifs(base, train, **kw), *interventions.data_rows(train)]]
     serve_rows = [r.priced(prices, **per_request) for r in interventions.serve_what_ifs(base, **kw)]
-    print(what_if_table(train, train_rows))
-    print(what_if_table(serve, serve_rows))
+    print(what_if_table(train, train_rows, prices))
+    print(what_if_table(serve, serve_rows, prices))
     whatif = {"train": what_ifs_to_dict(train, train_rows, prices),
               "serve": what_ifs_to_dict(serve, serve_rows, prices)}
     headline = {"audit.train.flops": train.flops, "audit.train.peak_bytes": train.memory.peak,

@@ -69,9 +69,9 @@ def main(argv: list[str] | None = None) -> int:
 
     print(train.table())
     print(f"\ntraining: {config.num_steps} steps of batch {config.batch_size}")
-    print(what_if_table(train, train_rows))
+    print(what_if_table(train, train_rows, prices))
     print(f"\nserving: batches of {per_request['requests_per_step']} requests")
-    print(what_if_table(serve, serve_rows))
+    print(what_if_table(serve, serve_rows, prices))
     if args.json:
         rows = {"train": [WhatIf("baseline", train), *train_rows], "serve": [WhatIf("baseline", serve), *serve_rows]}
         Path(args.json).write_text(json.dumps({k: [r.to_dict() for r in v] for k, v in rows.items()}, indent=1))
