@@ -25,6 +25,7 @@ from leanjax.audit.compiled import Audit, audit_compiled
 from leanjax.audit.whatif import Unavailable, WhatIf, what_if
 from leanjax.state import TrainState
 from leanjax.step import make_train_step
+from leanjax.transforms.typed import TypedWeight
 
 
 def dense_kernels(path: str, leaf: Any) -> bool:
@@ -72,7 +73,17 @@ def audit_serve(subject: Subject, name: str, params: Any = None, **audit_kw) -> 
     return audit_compiled(transforms.apply(subject.serve), params, subject.serve_batch, name=name, **audit_kw)
 
 
+def _float_weights(subject: Subject) -> None:
+    """Interventions that transform float weights need float weights."""
+    typed = sorted({type(leaf).__name__ for _, leaf in transforms.leaves_with_paths(subject.params)
+                    if isinstance(leaf, TypedWeight)})
+    if typed:
+        raise Unavailable(f"the model's weights are typed already ({', '.join(typed)}): this intervention "
+                          "transforms float weights")
+
+
 def _lora_params(subject: Subject, rank: int, base: Any = None) -> Any:
+    _float_weights(subject)
     key = jax.random.key(subject.seed)
     return transforms.lora(subject.params if base is None else base, subject.targets, rank=rank, key=key,
                            layout=transforms.stacked_io)
@@ -99,6 +110,7 @@ def _embedding_tables(group: int) -> Callable[[str, Any], bool]:
 def qlora(subject: Subject, rank: int = 8, group: int = 64, **audit_kw) -> Audit:
     """LoRA over NF4 matmul weights (blocks of `group` when they divide the input axis), the frozen
     embedding tables NF4 too (row-wise blocks), as QLoRA stores every frozen weight it can."""
+    _float_weights(subject)
     base = transforms.quantize(subject.params, subject.targets, bits=4, scheme="nf4",
                                group_size=_group_size(subject, group))
     tables = _embedding_tables(group)
@@ -198,6 +210,7 @@ def grad_accumulation(subject: Subject, steps: int = 2, **audit_kw) -> Audit:
 
 def quantized_serving(subject: Subject, bits: int, **audit_kw) -> Audit:
     """Serve with `bits`-bit matmul weights (int8 per channel, or int4 in blocks of 64)."""
+    _float_weights(subject)
     group = _group_size(subject, 64) if bits == 4 else None
     params = transforms.quantize(subject.params, subject.targets, bits=bits, group_size=group)
     return audit_serve(subject, f"int{bits} weights", params, **audit_kw)
@@ -207,6 +220,7 @@ def pruning(subject: Subject, sparsity: float = 0.5, **audit_kw) -> Audit:
     """Fine-tune with `sparsity` of every matmul weight pruned by magnitude (`transforms.keep_masks`: the masks
     live in the optimizer state, pruned weights stay zero). The step stays dense, so its FLOPs do not fall and
     the masks add memory: pruning pays at serving time, 2:4-packed or compacted (the `prune` experiment)."""
+    _float_weights(subject)
     masks = transforms.magnitude(subject.targets)(subject.params, jnp.asarray(sparsity, jnp.float32))
     pruned = dataclasses.replace(subject, tx=transforms.keep_masks(subject.tx, masks))
     return audit_train(pruned, f"pruned {sparsity:.0%}", transforms.apply_masks(subject.params, masks), **audit_kw)
@@ -234,6 +248,7 @@ def sparse24_serving(subject: Subject, **audit_kw) -> Audit:
     def targets(path, leaf):
         return subject.targets(path, leaf) and leaf.shape[-2] % 4 == 0
 
+    _float_weights(subject)
     if not any(targets(p, x) for p, x in transforms.leaves_with_paths(subject.params)):
         raise Unavailable("no matmul weight has an input axis divisible by 4")
     masks = transforms.nm_masks(subject.params, targets)

@@ -98,12 +98,15 @@ def what_if(name: str, build: Callable[[], Audit]) -> WhatIf:
       build: `() -> Audit`; raising `Unavailable` gives a row that says why.
 
     Returns:
-      A `WhatIf` holding the audit or the reason.
+      A `WhatIf` holding the audit or the reason (`failed: <error>` when building it raised anything else).
     """
     try:
         return WhatIf(name, build())
     except Unavailable as why:
         return WhatIf(name, unavailable=str(why))
+    except Exception as error:  # noqa: BLE001 - one row that breaks must not take the whole report down
+        first = (str(error).splitlines() or [""])[0]
+        return WhatIf(name, unavailable=f"failed: {type(error).__name__}: {first}")
 
 
 def what_if_table(baseline: Audit, rows: Sequence[WhatIf], prices: PriceTable | None = None) -> str:
