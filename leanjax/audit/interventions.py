@@ -51,6 +51,12 @@ class Subject:
     rebuild: Callable[..., Subject] | None = None
     targets: Callable[[str, Any], bool] = dense_kernels
     seed: int = 0
+    serve_params: Any = None   # what `serve` takes when it is not `params` (a distilled student's own)
+
+    @property
+    def serving(self) -> Any:
+        """The params the serving step runs on."""
+        return self.params if self.serve_params is None else self.serve_params
 
 
 def audit_train(subject: Subject, name: str, params: Any = None, *, freeze_plain: bool = False,
@@ -69,7 +75,7 @@ def audit_train(subject: Subject, name: str, params: Any = None, *, freeze_plain
 
 def audit_serve(subject: Subject, name: str, params: Any = None, **audit_kw) -> Audit:
     """The audited serving step: one batch of requests through `subject.serve`."""
-    params = subject.params if params is None else params
+    params = subject.serving if params is None else params
     return audit_compiled(transforms.apply(subject.serve), params, subject.serve_batch, name=name, **audit_kw)
 
 
@@ -210,6 +216,7 @@ def grad_accumulation(subject: Subject, steps: int = 2, **audit_kw) -> Audit:
 
 def quantized_serving(subject: Subject, bits: int, **audit_kw) -> Audit:
     """Serve with `bits`-bit matmul weights (int8 per channel, or int4 in blocks of 64)."""
+    subject = dataclasses.replace(subject, params=subject.serving, serve_params=None)
     _float_weights(subject)
     group = _group_size(subject, 64) if bits == 4 else None
     params = transforms.quantize(subject.params, subject.targets, bits=bits, group_size=group)
@@ -245,6 +252,8 @@ def distilled_student(subject: Subject, **audit_kw) -> Audit:
 def sparse24_serving(subject: Subject, **audit_kw) -> Audit:
     """Serve with every matmul weight 2:4-sparse by magnitude, packed (`transforms.sparse24`: half the values
     plus 2-bit positions)."""
+    subject = dataclasses.replace(subject, params=subject.serving, serve_params=None)
+
     def targets(path, leaf):
         return subject.targets(path, leaf) and leaf.shape[-2] % 4 == 0
 
@@ -258,6 +267,7 @@ def sparse24_serving(subject: Subject, **audit_kw) -> Audit:
 def compacted_serving(subject: Subject, sparsity: float = 0.5, **audit_kw) -> Audit:
     """Serve the model with `sparsity` of its structured units (conv channels, hidden neurons) removed by
     magnitude (`transforms.compact`): smaller dense matmuls, no sparse kernel needed."""
+    subject = dataclasses.replace(subject, params=subject.serving, serve_params=None)
     kind, _ = layer_stack(subject.params)
     if kind == "conv":
         groups = transforms.cnn_groups(subject.params)

@@ -83,7 +83,8 @@ def _subject(config: ml_collections.ConfigDict, build) -> tuple[interventions.Su
     base = interventions.Subject(
         params=parts["params"], loss=parts["loss"], serve=parts.get("metrics") or _deterministic(parts["loss"]),
         tx=parts.get("tx") or config_optimizer(config, num_steps=_entry(parts, config, "num_steps")),
-        train_batch=train_batch, serve_batch=serve_batch, rebuild=rebuild, seed=seed)
+        train_batch=train_batch, serve_batch=serve_batch, rebuild=rebuild, seed=seed,
+        serve_params=parts.get("serve_params"))
     return base, parts
 
 
