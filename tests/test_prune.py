@@ -26,6 +26,7 @@ from leanjax.transforms.prune import (
     polynomial_schedule,
     prune_by_schedule,
     report,
+    top_scores,
 )
 from leanjax.transforms.sparse24 import Packed24, encode24, pack24
 
@@ -96,6 +97,47 @@ def test_gradual_pruning_reaches_each_injected_sparsity_with_one_compiled_update
             p = optax.apply_updates(p, updates)
         assert report(p, masks_of(state))["overall"] == pytest.approx(target, abs=0.01)
     assert update._cache_size() == 1  # the sparsity lives in the state, not in the program
+
+
+def test_top_scores_keeps_largest_signed_values():
+    scores = {"a": jnp.asarray([-5.0, 1.0, -0.5, 3.0]), "b": jnp.asarray([2.0, 2.0])}
+    keep = top_scores(r"a")(scores, jnp.asarray(0.5))
+    np.testing.assert_array_equal(keep["a"], [False, True, False, True])  # magnitude would keep -5
+    assert keep["b"] is None
+
+
+def test_movement_scores_follow_their_definition():
+    """S = -sum_t w_t * g_t (Sanh et al. 2020) over the real loss's gradients, masks = top-S per layer."""
+    apply_fn, params = _mlp()
+    x = jax.random.normal(jax.random.key(1), (8, 12))
+    y = jnp.arange(8) % 3
+    loss = lambda p: optax.softmax_cross_entropy_with_integer_labels(apply_fn(p, x), y).mean()  # noqa: E731
+    schedule = polynomial_schedule(0.5, 0, 4)
+    tx = prune_by_schedule(optax.sgd(0.5), schedule, top_scores(r".*kernel"), movement=True)
+    state = tx.init(params)
+    assert masks_of(state)["layers"][0]["kernel"].all()  # sparsity 0 at step 0: nothing pruned yet
+    expected = jax.tree.map(jnp.zeros_like, state.scores)
+    update = jax.jit(tx.update)
+    p = params
+    for t in range(6):
+        grads = jax.grad(loss)(p)
+        expected = jax.tree.map(lambda s, g, w: None if s is None else s - g * w, expected, grads, p,
+                                is_leaf=lambda s: s is None)
+        updates, state = update(grads, state, p)
+        p = optax.apply_updates(p, updates)
+        kernel = expected["layers"][0]["kernel"]
+        mask = masks_of(state)["layers"][0]["kernel"]
+        np.testing.assert_allclose(state.scores["layers"][0]["kernel"], kernel, rtol=1e-5, atol=1e-7)
+        # Kept weights are the top-S ones at the schedule's sparsity for step t + 1.
+        n_keep = kernel.size - int(round(float(schedule(min(t + 1, 4))) * kernel.size))
+        assert int(mask.sum()) == n_keep
+        if n_keep < kernel.size:
+            assert float(kernel[mask].min()) >= float(kernel[~mask].max())
+        assert (p["layers"][0]["kernel"][~mask] == 0).all()
+    assert state.scores["layers"][0]["bias"] is None  # only the pruned leaves are scored
+    # Movement is not magnitude: the masks differ from the top-|w| masks at the same sparsity.
+    by_size = magnitude(r".*kernel")(params, jnp.asarray(0.5))["layers"][0]["kernel"]
+    assert not np.array_equal(np.asarray(by_size), np.asarray(masks_of(state)["layers"][0]["kernel"]))
 
 
 def test_complete_masks_gives_both_trees_the_same_pruned_leaves():

@@ -71,6 +71,7 @@ from leanjax.transforms.prune import (  # noqa: E402
     nm_masks,
     polynomial_schedule,
     prune_by_schedule,
+    top_scores,
 )
 from leanjax.transforms.sparse24 import Packed24, encode24, pack24  # noqa: E402
 
@@ -79,5 +80,5 @@ __all__ += [
     "cache_topk", "distill_trainable", "distillation_loss", "kd_loss", "offline_distillation_loss",
     "topk_kd_loss", "apply_masks", "complete_masks", "gradual_pruning", "keep_masks", "magnitude", "masks_of",
     "nm_masks", "polynomial_schedule",
-    "prune_by_schedule", "Packed24", "encode24", "pack24",
+    "prune_by_schedule", "top_scores", "Packed24", "encode24", "pack24",
 ]

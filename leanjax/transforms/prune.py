@@ -8,6 +8,10 @@ removed) and `leanjax.transforms.sparse24` (2:4 weights stored as half the value
 
 - `magnitude(targets, scope="layer"|"global")`: a *mask function* `(params, sparsity) -> masks` that
   drops the smallest-|w| fraction of each targeted leaf, or of all of them pooled (global).
+- `top_scores(targets, scope)`: the same on signed values (keep the largest), for scores that are not
+  magnitudes: movement pruning's (Sanh et al. 2020, "Movement Pruning", arXiv:2005.07683), whose score
+  `S = -sum_t w_t * dL/dw_t` the pruning wrappers accumulate in their state with `movement=True` (weights
+  moving away from zero score high, weights shrinking toward it score low, whatever their size).
 - `nm_masks(params, targets, n=2, m=4)`: keep the `n` largest of every `m` consecutive weights along the
   contraction axis (Mishra et al. 2021, "Accelerating Sparse Deep Neural Networks", arXiv:2104.08378).
 - `polynomial_schedule(...)`: the gradual schedule of Zhu & Gupta 2017, "To prune, or not to prune",
@@ -15,6 +19,7 @@ removed) and `leanjax.transforms.sparse24` (2:4 weights stored as half the value
 - `prune_by_schedule(inner, schedule, mask_fn, update_every)`: an `optax.GradientTransformation` whose
   state holds the masks; every `update_every` steps in the schedule's window it recomputes them from the
   updated params, and after every step it re-applies them (masked gradients, pruned params held at 0).
+  With `movement=True` the masks are ranked on the accumulated movement scores instead of the params.
   `keep_masks(inner, masks)` is the same with fixed masks (fine-tuning after one-shot or N:M pruning).
 - `gradual_pruning(make_inner, mask_fn, ramp_steps)`: `prune_by_schedule` on Zhu & Gupta's schedule with the
   final sparsity an injected hyperparameter, so every target sparsity trains with one compiled step;
@@ -79,6 +84,25 @@ def _keep_top(scores: jax.Array, sparsity: jax.Array) -> jax.Array:
     return (ranks >= n_prune).reshape(scores.shape)
 
 
+def _top_fraction(targets: Targets, scope: str, score: Callable[[jax.Array], jax.Array]) -> MaskFn:
+    """Mask function keeping the largest `score(leaf)` entries of each targeted leaf, or of all pooled."""
+    if scope not in ("layer", "global"):
+        raise ValueError(f"scope={scope!r}: use 'layer' or 'global'")
+
+    def mask_fn(params: Any, sparsity: jax.Array) -> Masks:
+        chosen = _targeted(params, targets)
+        if scope == "layer":
+            return jax.tree.map(lambda c, w: _keep_top(score(w), sparsity) if c else None, chosen, params,
+                                is_leaf=_is_none)
+        picked = [w for c, w in zip(jax.tree.leaves(chosen), jax.tree.leaves(params)) if c]
+        keep = _keep_top(jnp.concatenate([score(w).ravel() for w in picked]), sparsity)
+        pieces = iter(jnp.split(keep, list(_cumsum([w.size for w in picked[:-1]]))))
+        return jax.tree.map(lambda c, w: next(pieces).reshape(w.shape) if c else None, chosen, params,
+                            is_leaf=_is_none)
+
+    return mask_fn
+
+
 def magnitude(targets: Targets, scope: str = "layer") -> MaskFn:
     """Mask function for magnitude pruning of the leaves `targets` selects.
 
@@ -90,21 +114,21 @@ def magnitude(targets: Targets, scope: str = "layer") -> MaskFn:
     Returns:
       `mask_fn(params, sparsity) -> masks`, for `prune_by_schedule` / `gradual_pruning` or called directly.
     """
-    if scope not in ("layer", "global"):
-        raise ValueError(f"scope={scope!r}: use 'layer' or 'global'")
+    return _top_fraction(targets, scope, jnp.abs)
 
-    def mask_fn(params: Any, sparsity: jax.Array) -> Masks:
-        chosen = _targeted(params, targets)
-        if scope == "layer":
-            return jax.tree.map(lambda c, w: _keep_top(jnp.abs(w), sparsity) if c else None, chosen, params,
-                                is_leaf=_is_none)
-        picked = [w for c, w in zip(jax.tree.leaves(chosen), jax.tree.leaves(params)) if c]
-        keep = _keep_top(jnp.concatenate([jnp.abs(w).ravel() for w in picked]), sparsity)
-        pieces = iter(jnp.split(keep, list(_cumsum([w.size for w in picked[:-1]]))))
-        return jax.tree.map(lambda c, w: next(pieces).reshape(w.shape) if c else None, chosen, params,
-                            is_leaf=_is_none)
 
-    return mask_fn
+def top_scores(targets: Targets, scope: str = "layer") -> MaskFn:
+    """Mask function keeping the largest (signed) values of the targeted leaves of a score tree.
+
+    Args:
+      targets: a regex on '/'-joined paths, or `fn(path, leaf) -> bool`.
+      scope: "layer" prunes the same fraction of every leaf; "global" ranks all targeted scores together.
+
+    Returns:
+      `mask_fn(scores, sparsity) -> masks`: with `prune_by_schedule(..., movement=True)` /
+      `gradual_pruning(..., movement=True)`, movement pruning (Sanh et al. 2020, arXiv:2005.07683).
+    """
+    return _top_fraction(targets, scope, lambda s: s)
 
 
 def _cumsum(sizes):
@@ -179,6 +203,14 @@ class PruneState(NamedTuple):
     inner: optax.OptState
     masks: Masks
     count: jax.Array  # updates applied so far: the step the schedule is evaluated at
+    scores: Any = None  # movement pruning: -sum_t w_t * g_t per targeted weight (mask-shaped); else None
+
+
+def _movement(scores: Any, grads: Any, params: Any) -> Any:
+    """`scores - grads * params` at every scored leaf (Sanh et al.'s S accumulated by one step; a pruned
+    weight, held at zero, keeps its score)."""
+    return jax.tree.map(lambda s, g, p: s if s is None or g is None else s - (g * p).astype(s.dtype),
+                        scores, grads, params, is_leaf=_is_none)
 
 
 def _mask_updates(masks: Masks, updates: Any, params: Any) -> Any:
@@ -188,7 +220,8 @@ def _mask_updates(masks: Masks, updates: Any, params: Any) -> Any:
 
 
 def prune_by_schedule(inner: optax.GradientTransformation, schedule: optax.Schedule, mask_fn: MaskFn, *,
-                      update_every: int = 1, end_step: int | None = None) -> optax.GradientTransformation:
+                      update_every: int = 1, end_step: int | None = None,
+                      movement: bool = False) -> optax.GradientTransformation:
     """`inner` with gradual pruning: the masks live in this transformation's state.
 
     At update `t` (counting from 0), when `t % update_every == 0` and `t <= end_step` (or always if
@@ -197,12 +230,20 @@ def prune_by_schedule(inner: optax.GradientTransformation, schedule: optax.Sched
     are zeroed before `inner` sees them (no optimizer momentum on dead weights), and every update is
     corrected so pruned params stay exactly zero. `params` must be passed to `update`.
 
+    With `movement=True` (Sanh et al. 2020, arXiv:2005.07683) the state also holds, for every leaf `mask_fn`
+    prunes, the movement score `S = -sum_t w_t * g_t` over the updates so far (the gradient before masking,
+    the params before the update; a pruned weight is zero, so its score stays where it was and it can come
+    back only if others' scores fall below it), and the masks are `mask_fn(S, sparsity)`: give it
+    `top_scores(targets)`. The scores start at zero, so a schedule that starts above 0 prunes its first
+    masks by position.
+
     Args:
       inner: the optimizer to wrap.
       schedule: `schedule(step) -> sparsity`, e.g. `polynomial_schedule(...)`.
       mask_fn: `(params, sparsity) -> masks`, e.g. `magnitude(targets)`.
       update_every: recompute the masks every this many updates.
       end_step: no recomputation after this update (None: never stop).
+      movement: rank on the accumulated movement scores (`PruneState.scores`) instead of the params.
 
     Returns:
       An `optax.GradientTransformation` (its state a `PruneState`; `masks_of` reads the masks).
@@ -211,22 +252,29 @@ def prune_by_schedule(inner: optax.GradientTransformation, schedule: optax.Sched
         raise ValueError(f"update_every must be >= 1, got {update_every}")
 
     def init(params):
-        masks = mask_fn(params, jnp.asarray(schedule(0), jnp.float32))
-        return PruneState(inner.init(params), masks, jnp.zeros((), jnp.int32))
+        if not movement:
+            masks = mask_fn(params, jnp.asarray(schedule(0), jnp.float32))
+            return PruneState(inner.init(params), masks, jnp.zeros((), jnp.int32))
+        pruned = mask_fn(params, jnp.zeros((), jnp.float32))  # which leaves get a score
+        scores = jax.tree.map(lambda m, w: None if m is None else jnp.zeros(w.shape, jnp.float32), pruned, params,
+                              is_leaf=_is_none)
+        masks = mask_fn(scores, jnp.asarray(schedule(0), jnp.float32))
+        return PruneState(inner.init(params), masks, jnp.zeros((), jnp.int32), scores)
 
     def update(grads, state, params=None):
         if params is None:
             raise ValueError("prune_by_schedule needs params: call tx.update(grads, state, params)")
+        scores = _movement(state.scores, grads, params) if movement else None
         grads = apply_masks(grads, state.masks)
         updates, inner_state = inner.update(grads, state.inner, params)
         t = state.count
         due = t % update_every == 0
         if end_step is not None:
             due &= t <= end_step
-        new = optax.apply_updates(params, updates)
-        masks = jax.lax.cond(due, lambda: mask_fn(new, jnp.asarray(schedule(t + 1), jnp.float32)),
+        ranked = scores if movement else optax.apply_updates(params, updates)
+        masks = jax.lax.cond(due, lambda: mask_fn(ranked, jnp.asarray(schedule(t + 1), jnp.float32)),
                              lambda: state.masks)
-        return _mask_updates(masks, updates, params), PruneState(inner_state, masks, t + 1)
+        return _mask_updates(masks, updates, params), PruneState(inner_state, masks, t + 1, scores)
 
     return optax.GradientTransformation(init, update)
 
@@ -250,13 +298,14 @@ def keep_masks(inner: optax.GradientTransformation, masks: Masks) -> optax.Gradi
         if params is None:
             raise ValueError("keep_masks needs params: call tx.update(grads, state, params)")
         updates, inner_state = inner.update(apply_masks(grads, state.masks), state.inner, params)
-        return _mask_updates(state.masks, updates, params), PruneState(inner_state, state.masks, state.count + 1)
+        return _mask_updates(state.masks, updates, params), PruneState(inner_state, state.masks, state.count + 1,
+                                                                       state.scores)
 
     return optax.GradientTransformation(init, update)
 
 
 def gradual_pruning(make_inner: Callable[[], optax.GradientTransformation], mask_fn: MaskFn, ramp_steps: int, *,
-                    update_every: int = 1) -> optax.GradientTransformation:
+                    update_every: int = 1, movement: bool = False) -> optax.GradientTransformation:
     """Zhu & Gupta's gradual pruning over the first `ramp_steps` updates, its final sparsity injected.
 
     Args:
@@ -264,6 +313,8 @@ def gradual_pruning(make_inner: Callable[[], optax.GradientTransformation], mask
       mask_fn: `(params, sparsity) -> masks`, e.g. `magnitude(targets)`.
       ramp_steps: updates over which the sparsity ramps (cubically) from 0 to its final value.
       update_every: recompute the masks every this many updates during the ramp.
+      movement: movement pruning (`mask_fn` then ranks the accumulated scores: `top_scores(targets)`; see
+        `prune_by_schedule`).
 
     Returns:
       An `optax.GradientTransformation` whose state holds the masks and `hyperparams["sparsity"]` (0 until
@@ -275,7 +326,7 @@ def gradual_pruning(make_inner: Callable[[], optax.GradientTransformation], mask
 
     def make(sparsity):
         return prune_by_schedule(make_inner(), lambda step: sparsity * unit(step) / 0.5, mask_fn,
-                                 update_every=update_every, end_step=ramp_steps)
+                                 update_every=update_every, end_step=ramp_steps, movement=movement)
 
     return optax.inject_hyperparams(make)(sparsity=0.0)
 
