@@ -15,6 +15,10 @@ Headline per model prefix (`cnn.`, `minilm.`): `dense_accuracy`, `s50.accuracy`,
 `s90.accuracy`, `nm24.accuracy`, `structured50.accuracy`, `structured50.size_ratio` and
 `nm24.size_ratio` (stored bytes of all params vs the dense model's), `structured50.throughput_ratio`
 (inference examples/s of the compacted vs the dense model, timed alternately in this process).
+
+With `long_steps > 0` (MiniLM's default), the regime arms of issue 19: `long_sparsity` reached over a long
+fine-tune by magnitude (`gradual.accuracy`) and by movement pruning (`movement.accuracy`, Sanh et al. 2020,
+https://arxiv.org/abs/2005.07683), and the dense model fine-tuned as long (`long_dense.accuracy`).
 """
 
 from __future__ import annotations
@@ -44,6 +48,7 @@ from leanjax.transforms.prune import (
     masks_of,
     nm_masks,
     report,
+    top_scores,
 )
 from leanjax.transforms.sparse24 import pack24
 
@@ -109,15 +114,16 @@ def build(config):
                                              compact(apply_masks(dense, masks), m["groups"], keep))})
 
 
-def _finetune(m, c, tx, params, workdir, desc, step=None, **hyperparams):
-    """`prune_steps` of fine-tuning from `params` with `tx` (a pruning wrapper); the final state. `step`: a
-    compiled train step shared by arms whose optimizers differ only in their state (masks, or the injected
-    `hyperparams` set here)."""
+def _finetune(m, c, tx, params, workdir, desc, step=None, num_steps=None, **hyperparams):
+    """`num_steps` (default `prune_steps`) of fine-tuning from `params` with `tx` (a pruning wrapper); the final
+    state. `step`: a compiled train step shared by arms whose optimizers differ only in their state (masks, or
+    the injected `hyperparams` set here)."""
+    num_steps = num_steps or c.prune_steps
     step = step or make_train_step(losses.classification_loss(m["apply"], inputs=m["inputs"]), tx)
     state = TrainState.create(jax.tree.map(jnp.copy, params), tx, jax.random.key(c.seed))
     state = set_hyperparams(state, **hyperparams)  # injected: values in the state, not in the compiled step
     result = fit(state, step, data.batches(m["train"], batch_size=c.batch_size, seed=c.seed + 1),
-                 num_steps=c.prune_steps, workdir=workdir, log_every=max(c.prune_steps // 5, 1), progress=False,
+                 num_steps=num_steps, workdir=workdir, log_every=max(num_steps // 5, 1), progress=False,
                  desc=desc)
     return _minilm.finished(result).state
 
@@ -161,7 +167,31 @@ def _model(name, m, c, workdir):
     ratios = _minilm.throughput_ratios({"dense": (m["apply"], dense), "structured50": (m["small_apply"], small)},
                                        x, rounds=c.timing_rounds)
     out["structured50.throughput_ratio"] = ratios["structured50"]
+    if c.long_steps:
+        out.update(_long_arms(name, m, c, workdir, acc, sparsity))
     return out, sparsity
+
+
+def _long_arms(name, m, c, workdir, acc, sparsity):
+    """The regime arms (issue 19): `long_sparsity` reached over `long_steps` of fine-tuning (cubic ramp over
+    `long_ramp_fraction` of them) by magnitude (`gradual`, Zhu & Gupta) and by movement (`movement`, Sanh et
+    al.), beside the dense model fine-tuned as long (`long_dense`, the control they are judged against)."""
+    optimizer = lambda: _launch.config_optimizer(c, learning_rate=c.long_learning_rate,  # noqa: E731
+                                                 num_steps=c.long_steps, warmup_steps=0, weight_decay=0.0)
+    ramp = max(int(c.long_steps * c.long_ramp_fraction), 1)
+    arms = {"long_dense": (optimizer(), {}),
+            "gradual": (gradual_pruning(optimizer, magnitude(m["unstructured"]), ramp, update_every=c.update_every),
+                        {"sparsity": c.long_sparsity}),
+            "movement": (gradual_pruning(optimizer, top_scores(m["unstructured"]), ramp,
+                                         update_every=c.update_every, movement=True), {"sparsity": c.long_sparsity})}
+    out = {}
+    for arm, (tx, hyper) in arms.items():
+        state = _finetune(m, c, tx, m["params"], os.path.join(workdir, arm), f"prune/{name}/{arm}",
+                          num_steps=c.long_steps, **hyper)
+        out[f"{arm}.accuracy"] = acc(m["apply"], state.params)
+        if hyper:
+            sparsity[arm] = report(state.params, masks_of(state.opt_state))
+    return out
 
 
 def _plot(headline, path):
@@ -170,12 +200,13 @@ def _plot(headline, path):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    arms = ["dense", "s50", "s75", "s90", "nm24", "structured50"]
+    arms = ["dense", "s50", "s75", "s90", "nm24", "structured50", "long_dense", "gradual", "movement"]
     models = sorted({k.split(".")[0] for k in headline})
-    fig, ax = plt.subplots(figsize=(7, 3.2))
+    fig, ax = plt.subplots(figsize=(9, 3.2))
     width = 0.8 / len(models)
     for j, model in enumerate(models):
-        vals = [headline[f"{model}.dense_accuracy" if a == "dense" else f"{model}.{a}.accuracy"] for a in arms]
+        vals = [headline.get(f"{model}.dense_accuracy" if a == "dense" else f"{model}.{a}.accuracy", float("nan"))
+                for a in arms]
         ax.bar([i + j * width for i in range(len(arms))], vals, width, label=model)
     ax.set_xticks([i + width * (len(models) - 1) / 2 for i in range(len(arms))], arms)
     ax.set(ylabel="test accuracy", ylim=(0, 1), title="pruning: accuracy per arm")
