@@ -244,3 +244,16 @@ def test_compare_methods_charges_unreached_seeds_their_budget(tmp_path):
     assert (tmp_path / "history.png").stat().st_size > 1000
     with pytest.raises(ValueError, match="no 'grid' studies"):
         tune.compare_methods(studies, baseline="grid")
+
+
+def test_compare_population_times_the_population_and_its_sequential_twins():
+    study = optuna.create_study(direction="maximize", sampler=optuna.samplers.RandomSampler(seed=0))
+    study.enqueue_trial(HPS[0])  # a trial from before: not one of the population's
+    study.optimize(lambda t: 0.0, n_trials=1)
+    space = {"learning_rate": ("log", 1e-2, 1e-1), "weight_decay": ("log", 1e-5, 1e-2)}
+    out = tune.compare_population(study, space=space, n=3, init_state=_init, step_fn=STEP_FN, eval_step_fn=EVAL_FN,
+                                  batches=Batches, val=EVAL, num_steps=10, eval_every=5, key="accuracy")
+    assert len(study.trials) == 4  # the population's three, told as Optuna trials
+    assert out["max_abs_metric_diff"] < 1e-6  # each member equals its sequential twin
+    assert out["vmapped_s"] > 0 and out["sequential_s"] > 0
+    assert out["speedup"] == pytest.approx(out["sequential_s"] / out["vmapped_s"])

@@ -37,8 +37,8 @@ def test_rows_predict_the_experiments_own_interventions(data_dir):
     predicted = interventions.grad_accumulation(subject, 2, iters=0)
     parts = _baseline.build(config)
     tx = _launch.config_optimizer(config)
-    state = TrainState.create(parts["params"], tx, jax.random.key(config.seed))
-    real = _real(make_train_step(parts["loss"], tx, grad_accum_steps=2), state, subject.train_batch)
+    state = TrainState.create(parts.params, tx, jax.random.key(config.seed))
+    real = _real(make_train_step(parts.loss, tx, grad_accum_steps=2), state, subject.train_batch)
     worst.append(_close(predicted, real, "baseline grad accumulation x2"))
 
     # lora: the LoRA and QLoRA rows against the lora experiment's own arms (its targets, head trainable).

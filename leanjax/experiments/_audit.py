@@ -1,19 +1,8 @@
 """`--audit` for any experiment that exposes `build(config)`: compile its train and serving steps and report.
 
-`build(config)` returns a dict with at least `params` and `loss(params, batch, rng) -> (loss, metrics)`,
-and the data (`train`; `eval` for the serving batch) unless it gives the batches itself. Optional
-entries stand in for what is otherwise read from the config, for experiments shaped differently:
-
-- `tx`: the optimizer (default: `_launch.config_optimizer`, from the config's `optimizer`,
-  `learning_rate`, `warmup_steps`, `weight_decay` and `num_steps`, those it has);
-- `metrics(params, batch)`: the serving step (default: the loss, without dropout), on `serve_params`
-  (default: `params`);
-- `train_batch`, `serve_batch`: one batch each (default: drawn from `train` / `eval`, else `train`);
-- `batch_size`, `eval_batch_size`, `num_steps`, `seed`: default the config's keys of those names;
-- `trainable`: the train step's trainable mask (default: every array; e.g. a distillation's teacher
-  is frozen);
-- `serve_arms`: `{name: (metrics, params)}`, more serving steps audited beside the model's own (the
-  int8 model of `quantize`, the student of `distill`): headline `audit.serve.<name>.*`.
+`build(config)` returns a `leanjax.experiments._build.Build`: the params, loss, optimizer, seed, batch size,
+run length and data, and optionally the serving step and params, fixed batches, a trainable mask and more
+served arms (`serve_arms`: headline `audit.serve.<name>.*`). Nothing here reads those from the config.
 
 `subject(config, build)` turns this into the audit library's `Subject` (rebuildable with other model
 options); it is shared with `python -m leanjax.experiments.audit`, which adds the what-if rows. Like every module
@@ -32,7 +21,8 @@ from leanjax.audit import audit_compiled, interventions
 from leanjax.audit.hardware import measure_peak_flops
 from leanjax.audit.prices import PriceTable
 from leanjax.audit.whatif import Unavailable, what_if_table, what_ifs_to_dict
-from leanjax.experiments._launch import apply_override, config_optimizer
+from leanjax.experiments._build import Build
+from leanjax.experiments._launch import apply_override
 from leanjax.state import TrainState
 from leanjax.step import make_train_step
 
@@ -47,28 +37,21 @@ def _keys_named(config: ml_collections.ConfigDict, name: str, prefix: str = "") 
     return found
 
 
-def _entry(parts: dict, config: ml_collections.ConfigDict, key: str, default=None):
-    """`build`'s entry `key`, else the config's top-level key, else `default`."""
-    if key in parts:
-        return parts[key]
-    return config[key] if key in config else default
-
-
 def _deterministic(loss):
     return lambda params, batch: loss(params, batch, None)[0]
 
 
-def _subject(config: ml_collections.ConfigDict, build) -> tuple[interventions.Subject, dict]:
+def _subject(config: ml_collections.ConfigDict, build) -> tuple[interventions.Subject, Build]:
     parts = build(config)
-    seed = _entry(parts, config, "seed", 0)
-    train_batch = parts.get("train_batch")
+    if not isinstance(parts, Build):
+        raise TypeError(f"build(config) must return a leanjax.experiments._build.Build, got {type(parts).__name__}")
+    train_batch = parts.train_batch
     if train_batch is None:
-        train_batch = next(iter(data.batches(parts["train"], batch_size=_entry(parts, config, "batch_size"),
-                                             seed=seed)))
-    serve_batch = parts.get("serve_batch")
+        train_batch = next(iter(data.batches(parts.train, batch_size=parts.batch_size, seed=parts.seed)))
+    serve_batch = parts.serve_batch
     if serve_batch is None:
-        serve_batch = train_batch if parts.get("eval") is None else next(iter(data.eval_batches(
-            parts["eval"], _entry(parts, config, "eval_batch_size") or _entry(parts, config, "batch_size"))))
+        serve_batch = train_batch if parts.eval is None else next(iter(data.eval_batches(
+            parts.eval, parts.eval_batch_size or parts.batch_size)))
 
     def rebuild(**options) -> interventions.Subject:
         changed = copy.deepcopy(config)
@@ -81,10 +64,9 @@ def _subject(config: ml_collections.ConfigDict, build) -> tuple[interventions.Su
         return subject(changed, build)
 
     base = interventions.Subject(
-        params=parts["params"], loss=parts["loss"], serve=parts.get("metrics") or _deterministic(parts["loss"]),
-        tx=parts.get("tx") or config_optimizer(config, num_steps=_entry(parts, config, "num_steps")),
-        train_batch=train_batch, serve_batch=serve_batch, rebuild=rebuild, seed=seed,
-        serve_params=parts.get("serve_params"))
+        params=parts.params, loss=parts.loss, serve=parts.metrics or _deterministic(parts.loss), tx=parts.tx,
+        train_batch=train_batch, serve_batch=serve_batch, rebuild=rebuild, seed=parts.seed,
+        serve_params=parts.serve_params)
     return base, parts
 
 
@@ -108,19 +90,18 @@ def audit_experiment(build, config: ml_collections.ConfigDict, workdir: str, ite
     prices = PriceTable.load()
     kw = dict(iters=iters, peak=measure_peak_flops("float32"))
     per_request = dict(requests_per_step=interventions.requests_per_step(base))
-    train = _audit_train(base, parts.get("trainable"), **kw).priced(
-        prices, steps=_entry(parts, config, "num_steps"))
-    serve = interventions.audit_serve(base, "serving step", parts.get("serve_params"), **kw).priced(
+    train = _audit_train(base, parts.trainable, **kw).priced(prices, steps=parts.num_steps)
+    serve = interventions.audit_serve(base, "serving step", parts.serve_params, **kw).priced(
         prices, **per_request)
     audits = {"train": train, "serve": serve}
-    for arm, (metrics_fn, params) in parts.get("serve_arms", {}).items():
+    for arm, (metrics_fn, params) in parts.serve_arms.items():
         audits[f"serve.{arm}"] = interventions.audit_serve(
             interventions.Subject(params, base.loss, metrics_fn, base.tx, base.train_batch, base.serve_batch),
             f"serving step: {arm}", **kw).priced(prices, **per_request)
     for audit in audits.values():
         print(audit.table())
     # What each intervention would do to this experiment's steps (rows built from its model and params).
-    train_rows = [r.priced(prices, steps=_entry(parts, config, "num_steps"))
+    train_rows = [r.priced(prices, steps=parts.num_steps)
                   for r in [*interventions.train_what_ifs(base, train, **kw), *interventions.data_rows(train)]]
     serve_rows = [r.priced(prices, **per_request) for r in interventions.serve_what_ifs(base, **kw)]
     print(what_if_table(train, train_rows, prices))

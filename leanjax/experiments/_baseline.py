@@ -7,20 +7,23 @@ from __future__ import annotations
 from flax import nnx
 
 from leanjax import data, losses
-from leanjax.experiments._launch import ConfigError
+from leanjax.experiments._build import Build
+from leanjax.experiments._launch import ConfigError, config_optimizer
 from leanjax.models import CNN, CausalLM, TransformerConfig, functional
 
 
-def build(config):
-    """Model, loss, metrics and data sources for `config.task`."""
+def build(config) -> Build:
+    """Model, loss, metrics, optimizer and data sources for `config.task`."""
+    run = dict(tx=config_optimizer(config), seed=config.seed, batch_size=config.batch_size,
+               eval_batch_size=config.eval_batch_size, num_steps=config.num_steps)
     rngs = nnx.Rngs(config.seed)
     if config.task == "cnn":
         model = CNN(10, features=tuple(config.cnn.features), dense=config.cnn.dense,
                     dropout=config.cnn.dropout, image_size=28, rngs=rngs)
         apply_fn, params = functional(model)
-        return dict(params=params, loss=losses.classification_loss(apply_fn, inputs="image"),
-                    metrics=losses.classification_metrics(apply_fn, inputs="image"),
-                    train=data.load("mnist5k", "train"), eval=data.load("mnist5k", "test"))
+        return Build(params=params, loss=losses.classification_loss(apply_fn, inputs="image"),
+                     metrics=losses.classification_metrics(apply_fn, inputs="image"),
+                     train=data.load("mnist5k", "train"), eval=data.load("mnist5k", "test"), **run)
     if config.task == "lm":
         lm = config.lm
         train_src = data.lm_source("shakespeare", "train", seq_len=lm.seq_len, tokenizer=lm.tokenizer)
@@ -31,6 +34,6 @@ def build(config):
             max_position_embeddings=lm.seq_len, type_vocab_size=0, dropout=lm.dropout, causal=True,
             scan_layers=lm.scan_layers, remat=lm.remat), rngs=rngs)
         apply_fn, params = functional(model)
-        return dict(params=params, loss=losses.lm_loss(apply_fn), metrics=losses.lm_metrics(apply_fn),
-                    train=train_src, eval=eval_src)
+        return Build(params=params, loss=losses.lm_loss(apply_fn), metrics=losses.lm_metrics(apply_fn),
+                     train=train_src, eval=eval_src, **run)
     raise ConfigError(f"config.task={config.task!r}: use 'cnn' or 'lm'")

@@ -28,6 +28,7 @@ from leanjax import transforms as T
 from leanjax.audit.compiled import Memory
 from leanjax.audit.timing import time_interleaved
 from leanjax.experiments import _launch
+from leanjax.experiments._build import Build
 from leanjax.models import Transformer, TransformerConfig, functional
 from leanjax.models.transformer import mean_pool
 
@@ -121,9 +122,10 @@ def build(config):
     def serve(p, batch):
         return mean_pool(apply_fn(T.with_adapter_ids(p, batch["adapter_ids"]), batch["input_ids"]))
 
-    return dict(params=params, loss=loss, metrics=serve, serve_params=many, tx=optax.sgd(1e-3), num_steps=1,
-                trainable=T.trainable(params, freeze_plain=True), train_batch={"input_ids": tokens},
-                serve_batch={"input_ids": tokens, "adapter_ids": jnp.arange(config.batch_size) % n})
+    return Build(params=params, loss=loss, metrics=serve, serve_params=many, tx=optax.sgd(1e-3), num_steps=1,
+                 seed=config.seed, batch_size=config.batch_size, trainable=T.trainable(params, freeze_plain=True),
+                 train_batch={"input_ids": tokens},
+                 serve_batch={"input_ids": tokens, "adapter_ids": jnp.arange(config.batch_size) % n})
 
 
 def run(config, workdir):

@@ -74,12 +74,12 @@ class TimedBatches:
 
 def _setup(config):
     parts = build(config)
-    tx = _launch.config_optimizer(config)
-    state = TrainState.create(parts["params"], tx, jax.random.key(config.seed))
-    eval_step = make_eval_step(parts["metrics"])
+    tx = parts.tx
+    state = TrainState.create(parts.params, tx, jax.random.key(config.seed))
+    eval_step = make_eval_step(parts.metrics)
 
     def eval_fn(params):
-        batches = data.eval_batches(parts["eval"], config.eval_batch_size)
+        batches = data.eval_batches(parts.eval, config.eval_batch_size)
         return evaluate(eval_step, params, itertools.islice(batches, config.eval_max_batches or None))
 
     return parts, tx, state, eval_fn
@@ -94,7 +94,7 @@ def _fresh(workdir, name):
 
 def _train(config, workdir, parts, step, state, **fit_kwargs):
     """One timed training run of `step` in a fresh `workdir`: `(batches, preempted)`."""
-    batches = TimedBatches(data.batches(parts["train"], batch_size=config.batch_size, seed=config.seed))
+    batches = TimedBatches(data.batches(parts.train, batch_size=config.batch_size, seed=config.seed))
     state = jax.tree.map(lambda x: x.copy(), state)  # fit donates its state; every variant starts afresh
     result = fit(state, step, batches, num_steps=config.num_steps, workdir=workdir, checkpoint_every=0,
                  log_every=config.log_every, progress=False, **fit_kwargs)
@@ -107,7 +107,7 @@ def run(config, workdir, mode="train"):
     if mode != "train":
         raise _launch.ConfigError(f"--mode={mode}: use train or eval_sidecar")
     parts, tx, state, eval_fn = _setup(config)
-    step = make_train_step(parts["loss"], tx)  # one compiled step for every variant
+    step = make_train_step(parts.loss, tx)  # one compiled step for every variant
     eval_device = jax.devices()[-1]  # training runs on the default device, jax.devices()[0]
     if jax.device_count() < 2:
         print("[async_eval] one device: evaluation shares the training device", flush=True)

@@ -35,27 +35,27 @@ def data_parallel(config, parts, tx):
     if config.batch_size % jax.device_count():
         raise _launch.ConfigError(f"config.batch_size={config.batch_size} is not divisible by the "
                                   f"{jax.device_count()} devices of a data-parallel run")
-    state = multihost.replicate(TrainState.create(parts["params"], tx, jax.random.key(config.seed)), replicated)
-    train_step = make_train_step(parts["loss"], tx, grad_accum_steps=config.grad_accum_steps,
+    state = multihost.replicate(TrainState.create(parts.params, tx, jax.random.key(config.seed)), replicated)
+    train_step = make_train_step(parts.loss, tx, grad_accum_steps=config.grad_accum_steps,
                                  in_shardings=(replicated, rows), out_shardings=(replicated, replicated))
-    local = multihost.process_batches(parts["train"], global_batch_size=config.batch_size, seed=config.seed)
+    local = multihost.process_batches(parts.train, global_batch_size=config.batch_size, seed=config.seed)
     return state, train_step, multihost.GlobalBatches(local, rows), lambda b: multihost.global_batch(b, replicated)
 
 
 def run(config, workdir):
     parts = build(config)
-    tx = _launch.config_optimizer(config)
+    tx = parts.tx
     if config.data_parallel:
         state, train_step, train_iter, place = data_parallel(config, parts, tx)
     else:
-        state = TrainState.create(parts["params"], tx, jax.random.key(config.seed))
-        train_step = make_train_step(parts["loss"], tx, grad_accum_steps=config.grad_accum_steps)
-        train_iter = data.batches(parts["train"], batch_size=config.batch_size, seed=config.seed)
+        state = TrainState.create(parts.params, tx, jax.random.key(config.seed))
+        train_step = make_train_step(parts.loss, tx, grad_accum_steps=config.grad_accum_steps)
+        train_iter = data.batches(parts.train, batch_size=config.batch_size, seed=config.seed)
         place = None
-    eval_step = make_eval_step(parts["metrics"])
+    eval_step = make_eval_step(parts.metrics)
 
     def eval_fn(params):
-        batches = itertools.islice(data.eval_batches(parts["eval"], config.eval_batch_size),
+        batches = itertools.islice(data.eval_batches(parts.eval, config.eval_batch_size),
                                    config.eval_max_batches or None)
         return evaluate(eval_step, params, map(place, batches) if place else batches)
 
@@ -69,7 +69,7 @@ def run(config, workdir):
         plot_curves(workdir, title=f"baseline ({config.task})")
     final = result.last_eval
     headline = {"steps_per_s": result.steps_per_s, "compile_s": result.compile_s,
-                "params": count_params(parts["params"])}
+                "params": count_params(parts.params)}
     if config.task == "cnn":
         headline = {"eval_accuracy": final["accuracy"], **headline}
     else:

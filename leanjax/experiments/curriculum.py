@@ -30,6 +30,7 @@ from leanjax import data, losses
 from leanjax.data.curriculum import CurriculumSampler, difficulty_order, length_schedule, random_order, split_windows
 from leanjax.data.scores import score_source
 from leanjax.experiments import _launch
+from leanjax.experiments._build import Build
 from leanjax.models import MLP, CausalLM, TransformerConfig, functional
 from leanjax.step import evaluate, make_eval_step
 from leanjax.train import StepsPerArm, compare_to_baseline, plot_arm_curves, train_with_curve
@@ -76,9 +77,9 @@ def build(config):
         loss, metrics, eval_batch_size = losses.classification_loss, losses.classification_metrics, 500
     else:
         loss, metrics, eval_batch_size = losses.lm_loss, losses.lm_metrics, c.batch_size
-    return dict(params=params, loss=loss(apply_fn), metrics=metrics(apply_fn), tx=tx, train=train,
-                eval=evaluation, seed=0, batch_size=c.batch_size, eval_batch_size=eval_batch_size,
-                num_steps=c.num_steps)
+    return Build(params=params, loss=loss(apply_fn), metrics=metrics(apply_fn), tx=tx, train=train,
+                 eval=evaluation, seed=0, batch_size=c.batch_size, eval_batch_size=eval_batch_size,
+                 num_steps=c.num_steps)
 
 
 def _mnist(c, seeds):

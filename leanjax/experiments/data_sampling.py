@@ -33,6 +33,7 @@ from leanjax.data.sampling import infobatch_plan, plan_batches, random_subset, s
 from leanjax.data.scores import ScoredState, ScoreStore, indexed, scored_classification_loss, with_scores
 from leanjax.data.source import to_str
 from leanjax.experiments import _launch
+from leanjax.experiments._build import Build
 from leanjax.models import MLP, functional, l2_normalize, mean_pool
 from leanjax.state import TrainState
 from leanjax.step import evaluate, make_eval_step, make_train_step
@@ -119,9 +120,10 @@ def build(config):
     train, test = data.load("mnist5k", "train"), data.load("mnist5k", "test")
     trainer = _Trainer(config, test)
     apply_fn, params = trainer.model(0)
-    return dict(params=params, loss=losses.classification_loss(apply_fn),
-                metrics=losses.classification_metrics(apply_fn), tx=trainer.tx, train=train, eval=test, seed=0,
-                eval_batch_size=500, num_steps=config.epochs * (len(train) // config.batch_size))
+    return Build(params=params, loss=losses.classification_loss(apply_fn),
+                 metrics=losses.classification_metrics(apply_fn), tx=trainer.tx, train=train, eval=test, seed=0,
+                 batch_size=config.batch_size, eval_batch_size=500,
+                 num_steps=config.epochs * (len(train) // config.batch_size))
 
 
 def run(config, workdir):

@@ -39,6 +39,7 @@ from flax import nnx
 from leanjax import data, losses
 from leanjax.data import ArraySource
 from leanjax.experiments import _launch, _minilm
+from leanjax.experiments._build import Build
 from leanjax.models import SequenceClassifier, functional
 from leanjax.state import TrainState
 from leanjax.step import make_train_step
@@ -94,12 +95,13 @@ def build(config):
     student_apply, student = _student(model_config, teacher, tokenizer, train, c)
     both = {"student": student, "teacher": teacher}
     metrics = lambda fn: losses.classification_metrics(fn, inputs=INPUTS)  # noqa: E731
-    return dict(params=both, trainable=distill_trainable(both), tx=_optimizer(c),
-                loss=distillation_loss(student_apply, teacher_apply, inputs=INPUTS, alpha=c.alpha,
-                                       temperature=c.temperature),
-                metrics=metrics(student_apply), serve_params=student,
-                serve_arms={"teacher": (metrics(teacher_apply), teacher)}, train=train, eval=test,
-                num_steps=c.student_steps, seed=c.seed)
+    return Build(params=both, trainable=distill_trainable(both), tx=_optimizer(c),
+                 loss=distillation_loss(student_apply, teacher_apply, inputs=INPUTS, alpha=c.alpha,
+                                        temperature=c.temperature),
+                 metrics=metrics(student_apply), serve_params=student,
+                 serve_arms={"teacher": (metrics(teacher_apply), teacher)}, train=train, eval=test,
+                 num_steps=c.student_steps, seed=c.seed, batch_size=c.batch_size,
+                 eval_batch_size=c.get("eval_batch_size"))
 
 
 def _train(loss, params, train, c, workdir, desc, trainable=None):

@@ -26,6 +26,7 @@ import jax.numpy as jnp
 
 from leanjax import data, losses
 from leanjax.experiments import _launch, _minilm
+from leanjax.experiments._build import Build
 from leanjax.state import TrainState
 from leanjax.step import evaluate, make_eval_step, make_train_step
 from leanjax.train import fit, plot_curves, steps_to_target
@@ -47,9 +48,11 @@ def build(config):
     evaluation = data.text_classification_source(_minilm.tweets(config.eval_split, config.eval_examples, seed=0),
                                                  tokenizer, config.seq_len)
     tx = _launch.config_optimizer(config, learning_rate=config.finetuned_learning_rate, inject_learning_rate=True)
-    return dict(params=finetuned, scratch_params=scratch, tx=tx,
-                loss=losses.classification_loss(apply_fn, inputs=INPUTS),
-                metrics=losses.classification_metrics(apply_fn, inputs=INPUTS), train=train, eval=evaluation)
+    return Build(params=finetuned, tx=tx, seed=config.seed, batch_size=config.batch_size,
+                 eval_batch_size=config.eval_batch_size, num_steps=config.num_steps,
+                 loss=losses.classification_loss(apply_fn, inputs=INPUTS),
+                 metrics=losses.classification_metrics(apply_fn, inputs=INPUTS), train=train, eval=evaluation,
+                 extra={"scratch_params": scratch})
 
 
 def _eval_curve(history: list[dict]) -> list[tuple[int, float]]:
@@ -85,10 +88,10 @@ def fast_start(config, parts, results, train):
     Returns `(headline entries, metrics)`; `results` holds the main arms (a scratch rate equal to
     `scratch_learning_rate` reuses that run)."""
     fs = config.fast_start
-    runs = {"finetuned": train("fast_start/finetuned", parts["params"], fs.learning_rate, fs.warmup_steps)}
+    runs = {"finetuned": train("fast_start/finetuned", parts.params, fs.learning_rate, fs.warmup_steps)}
     for lr in fs.scratch_learning_rates:
         runs[f"scratch@{lr:g}"] = (results["scratch"] if lr == config.scratch_learning_rate else
-                                   train(f"fast_start/scratch@{lr:g}", parts["scratch_params"], lr))
+                                   train(f"fast_start/scratch@{lr:g}", parts.extra["scratch_params"], lr))
     if any(r.preempted for r in runs.values()):
         return {}, {"preempted": True}
     final = {arm: r.last_eval["accuracy"] for arm, r in runs.items()}
@@ -105,12 +108,12 @@ def fast_start(config, parts, results, train):
 
 def run(config, workdir):
     parts = build(config)
-    eval_step = make_eval_step(parts["metrics"])
-    starts = {"finetuned": parts["params"], "scratch": parts["scratch_params"]}
+    eval_step = make_eval_step(parts.metrics)
+    starts = {"finetuned": parts.params, "scratch": parts.extra["scratch_params"]}
     learning_rates = {"finetuned": config.finetuned_learning_rate, "scratch": config.scratch_learning_rate}
 
     def eval_fn(params):
-        return evaluate(eval_step, params, data.eval_batches(parts["eval"], config.eval_batch_size))
+        return evaluate(eval_step, params, data.eval_batches(parts.eval, config.eval_batch_size))
 
     def train(arm, start, learning_rate, warmup_steps=None):
         # A copy: the step donates its state, and the arms share the head's init arrays.
@@ -119,9 +122,9 @@ def run(config, workdir):
                                       inject_learning_rate=True)
         state = TrainState.create(jax.tree.map(jnp.copy, start), tx, jax.random.key(config.seed))
         # A fresh iterator with the same seed: every arm sees the same batches in the same order.
-        batches = data.batches(parts["train"], batch_size=config.batch_size, seed=config.seed)
+        batches = data.batches(parts.train, batch_size=config.batch_size, seed=config.seed)
         arm_dir = os.path.join(workdir, arm)
-        result = fit(state, make_train_step(parts["loss"], tx), batches, num_steps=config.num_steps,
+        result = fit(state, make_train_step(parts.loss, tx), batches, num_steps=config.num_steps,
                      workdir=arm_dir, eval_fn=eval_fn, eval_every=config.eval_every,
                      checkpoint_every=config.checkpoint_every, log_every=config.log_every,
                      progress=config.progress, desc=f"finetune/{arm}")
@@ -157,8 +160,8 @@ def run(config, workdir):
         "scratch_steps_to_own_final": steps_to_target(curves["scratch"], final["scratch"]),
         "steps_per_s": {arm: r.steps_per_s for arm, r in results.items()},
         "compile_s": {arm: r.compile_s for arm, r in results.items()},
-        "params": count_params(parts["params"]),
-        "train_examples": len(parts["train"]), "eval_examples": len(parts["eval"]),
+        "params": count_params(parts.params),
+        "train_examples": len(parts.train), "eval_examples": len(parts.eval),
         "fast_start": fast_metrics,
     }
     return metrics, headline

@@ -29,6 +29,7 @@ from flax import nnx
 from leanjax import data, losses
 from leanjax.audit import analyze, audit_compiled, measure_peak_flops, time_interleaved, time_step, transformer_flops
 from leanjax.experiments import _launch
+from leanjax.experiments._build import Build
 from leanjax.models import CausalLM, TransformerConfig, functional
 from leanjax.state import TrainState
 from leanjax.step import make_train_step
@@ -45,7 +46,10 @@ def build(config):
         intermediate_size=m.intermediate_size, max_position_embeddings=m.seq_len, type_vocab_size=0,
         dropout=0.0, causal=True)
     apply_fn, params = functional(CausalLM(model_config, rngs=nnx.Rngs(config.seed)))
-    return dict(params=params, loss=losses.lm_loss(apply_fn), train=train, model_config=model_config)
+    # constant rate, no clipping: torch.optim.AdamW's update
+    return Build(params=params, loss=losses.lm_loss(apply_fn), train=train, tx=_launch.config_optimizer(config),
+                 seed=config.seed, batch_size=config.batch_size, num_steps=config.rounds,
+                 extra={"model_config": model_config})
 
 
 def model_flops(cfg: TransformerConfig, batch: int) -> float:
@@ -114,23 +118,23 @@ def _torch_variants(config, params, batch, jax_loss: float) -> tuple[dict, dict]
 
 def run(config, workdir):
     parts = build(config)
-    cfg = parts["model_config"]
-    tx = _launch.config_optimizer(config)  # constant rate, no clipping: torch.optim.AdamW's update
-    batch = next(iter(data.batches(parts["train"], batch_size=config.batch_size, seed=config.seed)))
-    state = TrainState.create(parts["params"], tx, jax.random.key(config.seed))
-    jit_step = make_train_step(parts["loss"], tx)
+    cfg = parts.extra["model_config"]
+    tx = parts.tx
+    batch = next(iter(data.batches(parts.train, batch_size=config.batch_size, seed=config.seed)))
+    state = TrainState.create(parts.params, tx, jax.random.key(config.seed))
+    jit_step = make_train_step(parts.loss, tx)
     flops = model_flops(cfg, config.batch_size)
 
     audit = audit_compiled(jit_step, state, batch, name="train step", model_flops=flops, iters=0)
     unfused = analyze(_with_signatures(jit_step.lower(state, batch).as_text(dialect="hlo")))
-    jax_loss = float(parts["loss"](parts["params"], batch, None)[0])
+    jax_loss = float(parts.loss(parts.params, batch, None)[0])
 
-    torch_steps, missing = _torch_variants(config, parts["params"], batch, jax_loss)
+    torch_steps, missing = _torch_variants(config, parts.params, batch, jax_loss)
 
     # Alternate: one jitted step, then one step of each torch variant, round after round.
     median = time_interleaved({"jit": (jit_step, (state, batch)), **torch_steps}, repeats=config.rounds)
 
-    op_by_op_s = _op_by_op_time(make_train_step(parts["loss"], tx, jit=False), state, batch, config.eager_steps)
+    op_by_op_s = _op_by_op_time(make_train_step(parts.loss, tx, jit=False), state, batch, config.eager_steps)
     peak = measure_peak_flops("float32")
     mfu = flops / median["jit"] / peak.flops_per_s
 

@@ -39,6 +39,7 @@ from flax import nnx
 from leanjax import data, transforms
 from leanjax.data import chat
 from leanjax.experiments import _launch, _llm, _llm_model
+from leanjax.experiments._build import Build
 from leanjax.models.generate import generate
 from leanjax.state import TrainState
 from leanjax.step import make_train_step
@@ -236,9 +237,10 @@ def build(config):
     packed, tokenizer, _ = packed_data(config)
     base, loaded = train_config(config, tokenizer)
     model, _, _ = arm_setup(config, base, "full")
-    return dict(params=loaded if loaded is not None else _llm_model.init_params(model, jax.random.key(config.seed)),
-                loss=_llm_model.loss_fn(model, chunk_size=config.loss_chunk),
-                train=data.ArraySource(packed.batch(slice(None))))
+    return Build(params=loaded if loaded is not None else _llm_model.init_params(model, jax.random.key(config.seed)),
+                 loss=_llm_model.loss_fn(model, chunk_size=config.loss_chunk), tx=_launch.config_optimizer(config),
+                 seed=config.seed, batch_size=config.batch_size, num_steps=config.num_steps,
+                 train=data.ArraySource(packed.batch(slice(None))))
 
 
 def run(config, workdir):

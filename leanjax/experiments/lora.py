@@ -26,6 +26,7 @@ import numpy as np
 from leanjax import data, losses, transforms
 from leanjax.audit import interventions, time_interleaved
 from leanjax.experiments import _launch, _minilm
+from leanjax.experiments._build import Build
 from leanjax.experiments._minilm import ADAPTER_ARMS as ARMS
 from leanjax.experiments._minilm import INPUTS, apply_fn_for, minilm, tweets
 from leanjax.state import TrainState
@@ -42,8 +43,11 @@ def build(config):
                                             config.seq_len)
     evaluation = data.text_classification_source(tweets("test", config.eval_examples, seed=0), tokenizer,
                                                  config.seq_len)
-    return dict(params=params, model_config=model_config, loss=losses.classification_loss(apply_fn, inputs=INPUTS),
-                metrics=losses.classification_metrics(apply_fn, inputs=INPUTS), train=train, eval=evaluation)
+    return Build(params=params, loss=losses.classification_loss(apply_fn, inputs=INPUTS),
+                 metrics=losses.classification_metrics(apply_fn, inputs=INPUTS), train=train, eval=evaluation,
+                 tx=_launch.config_optimizer(config), seed=config.seed, batch_size=config.batch_size,
+                 eval_batch_size=config.eval_batch_size, num_steps=config.num_steps,
+                 extra={"model_config": model_config})
 
 
 def memory_peaks(config, model_config, params_by_arm) -> dict[str, int]:
@@ -78,13 +82,13 @@ def run(config, workdir):
     parts = build(config)
     params_by_arm, masks = {}, {}
     for arm in ARMS:
-        params_by_arm[arm], masks[arm] = _minilm.arm_params(parts["params"], arm, rank=config.lora_rank,
+        params_by_arm[arm], masks[arm] = _minilm.arm_params(parts.params, arm, rank=config.lora_rank,
                                                     alpha=config.lora_alpha, group_size=config.qlora_group_size,
                                                     seed=config.seed)
-    peaks = memory_peaks(config, parts["model_config"], params_by_arm)
+    peaks = memory_peaks(config, parts.extra["model_config"], params_by_arm)
 
-    eval_step = make_eval_step(transforms.apply(parts["metrics"]))
-    loss = transforms.apply(parts["loss"])
+    eval_step = make_eval_step(transforms.apply(parts.metrics))
+    loss = transforms.apply(parts.loss)
     learning_rates = {"full": config.learning_rate, "lora": config.lora_learning_rate,
                       "qlora": config.lora_learning_rate}
     results, steps = {}, {}
@@ -95,20 +99,20 @@ def run(config, workdir):
         state = TrainState.create(start, tx, jax.random.key(config.seed), trainable=masks[arm])
         steps[arm] = make_train_step(loss, tx, trainable=masks[arm])
         results[arm] = fit(
-            state, steps[arm], data.batches(parts["train"], batch_size=config.batch_size, seed=config.seed),
+            state, steps[arm], data.batches(parts.train, batch_size=config.batch_size, seed=config.seed),
             num_steps=config.num_steps, workdir=os.path.join(workdir, arm),
-            eval_fn=lambda p: evaluate(eval_step, p, data.eval_batches(parts["eval"], config.eval_batch_size)),
+            eval_fn=lambda p: evaluate(eval_step, p, data.eval_batches(parts.eval, config.eval_batch_size)),
             eval_every=config.eval_every, checkpoint_every=config.checkpoint_every, log_every=config.log_every,
             progress=config.progress, desc=f"lora/{arm}")
         if results[arm].preempted:
             return {"preempted": True}, {}
 
-    batch = next(iter(data.batches(parts["train"], batch_size=config.batch_size, seed=config.seed + 1)))
+    batch = next(iter(data.batches(parts.train, batch_size=config.batch_size, seed=config.seed + 1)))
     # Calls alternate between arms; each gets a copy of its state (the step donates it).
     step_s = time_interleaved({arm: (steps[arm], (results[arm].state, batch)) for arm in ARMS},
                               repeats=config.timing_rounds)
     accuracy = {arm: results[arm].last_eval["accuracy"] for arm in ARMS}
-    n_params = count_params(parts["params"])
+    n_params = count_params(parts.params)
     trainable = {arm: sum(int(np.size(x)) for x, m in zip(jax.tree.leaves(params_by_arm[arm]),
                                                           jax.tree.leaves(masks[arm])) if m)
                  for arm in ARMS}
@@ -132,7 +136,7 @@ def run(config, workdir):
         "trainable_params": trainable, "params": n_params,
         "weight_bytes": {arm: transforms.weight_bytes(p) for arm, p in params_by_arm.items()},
         "steps_per_s": {arm: r.steps_per_s for arm, r in results.items()},
-        "train_examples": len(parts["train"]), "eval_examples": len(parts["eval"]),
+        "train_examples": len(parts.train), "eval_examples": len(parts.eval),
     }
     return metrics, headline
 

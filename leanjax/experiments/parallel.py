@@ -30,6 +30,7 @@ from flax import nnx  # noqa: E402
 
 from leanjax import data, losses  # noqa: E402
 from leanjax.experiments import _launch  # noqa: E402
+from leanjax.experiments._build import Build
 from leanjax.models import CausalLM, TransformerConfig, functional  # noqa: E402
 from leanjax.parallel import (  # noqa: E402
     agree,
@@ -68,8 +69,9 @@ def build(config):
     """What `--audit` compiles: the LM's train and evaluation steps, unsharded (`run` compiles the step for
     every candidate mesh and reports each one's cost itself)."""
     apply_fn, tx, state, batches = build_problem(config)
-    return dict(params=state.params, loss=losses.lm_loss(apply_fn), metrics=losses.lm_metrics(apply_fn), tx=tx,
-                train_batch=next(batches), num_steps=config.train_steps)
+    return Build(params=state.params, loss=losses.lm_loss(apply_fn), metrics=losses.lm_metrics(apply_fn), tx=tx,
+                 train_batch=next(batches), num_steps=max(config.train_steps, 1), seed=config.seed,
+                 batch_size=config.batch_size)
 
 
 def run(config, workdir):

@@ -32,6 +32,7 @@ from leanjax.audit.serving import served_accuracy, time_alternating
 from leanjax.data.source import to_str
 from leanjax.experiments import _launch, _minilm, _report
 from leanjax.experiments import _pipeline as P
+from leanjax.experiments._build import Build
 from leanjax.step import evaluate, make_eval_step, make_train_step
 from leanjax.train import fit
 from leanjax.train.async_eval import AsyncEvaluator
@@ -234,10 +235,10 @@ def build(config):
     model_config, params = ctx.pretrained(False)
     apply_fn = P.apply_fn_for(model_config)
     pool, _, test = ctx.sources("base", config.brute.seq_len)
-    return dict(params=params, loss=losses.classification_loss(apply_fn, inputs=INPUTS),
-                metrics=losses.classification_metrics(apply_fn, inputs=INPUTS), train=pool, eval=test,
-                tx=P.optimizer(config.brute.num_steps), batch_size=config.brute.batch_size,
-                num_steps=config.brute.num_steps)
+    return Build(params=params, loss=losses.classification_loss(apply_fn, inputs=INPUTS),
+                 metrics=losses.classification_metrics(apply_fn, inputs=INPUTS), train=pool, eval=test,
+                 tx=P.optimizer(config.brute.num_steps), seed=config.seed, batch_size=config.brute.batch_size,
+                 eval_batch_size=config.eval_batch_size, num_steps=config.brute.num_steps)
 
 
 def run(config, workdir):

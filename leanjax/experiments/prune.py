@@ -32,6 +32,7 @@ from flax import nnx
 
 from leanjax import data, losses
 from leanjax.experiments import _launch, _minilm
+from leanjax.experiments._build import Build
 from leanjax.models import CNN, SequenceClassifier, functional
 from leanjax.optim import set_hyperparams
 from leanjax.state import TrainState
@@ -105,13 +106,13 @@ def build(config):
     metrics = lambda fn: losses.classification_metrics(fn, inputs=m["inputs"])  # noqa: E731
     dense = m["params"]
     nm, (masks, keep) = nm_masks(dense, m["nm"]), structured_masks(dense, m["groups"], 0.5)
-    return dict(params=dense, loss=losses.classification_loss(m["apply"], inputs=m["inputs"]),
-                metrics=metrics(m["apply"]), train=m["train"], eval=m["test"], tx=m["tx"], seed=c.seed,
-                batch_size=c.batch_size, eval_batch_size=c.eval_batch_size,
-                num_steps=c.dense_steps if name == "cnn" else c.num_steps,
-                serve_arms={"nm24": (metrics(m["apply"]), pack24(apply_masks(dense, nm), m["nm"], nm)),
-                            "structured50": (metrics(m["small_apply"]),
-                                             compact(apply_masks(dense, masks), m["groups"], keep))})
+    return Build(params=dense, loss=losses.classification_loss(m["apply"], inputs=m["inputs"]),
+                 metrics=metrics(m["apply"]), train=m["train"], eval=m["test"], tx=m["tx"], seed=c.seed,
+                 batch_size=c.batch_size, eval_batch_size=c.eval_batch_size,
+                 num_steps=c.dense_steps if name == "cnn" else c.num_steps,
+                 serve_arms={"nm24": (metrics(m["apply"]), pack24(apply_masks(dense, nm), m["nm"], nm)),
+                             "structured50": (metrics(m["small_apply"]),
+                                              compact(apply_masks(dense, masks), m["groups"], keep))})
 
 
 def _finetune(m, c, tx, params, workdir, desc, step=None, num_steps=None, **hyperparams):

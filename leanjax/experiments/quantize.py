@@ -39,6 +39,7 @@ from jaxtyping import ArrayLike
 from leanjax import data, losses, transforms
 from leanjax.audit.int8_serving import shape_sweep, w8a8_split
 from leanjax.experiments import _launch
+from leanjax.experiments._build import Build
 from leanjax.experiments._minilm import INPUTS, KERNELS, apply_fn_for, minilm, quantized, throughput_ratios, tweets
 from leanjax.state import TrainState
 from leanjax.step import evaluate, make_eval_step, make_train_step
@@ -106,9 +107,10 @@ def build(config):
     metrics = losses.classification_metrics(apply_fn, inputs=INPUTS)
     arms = {"int8": quantized(params, 8, None, serve=True),
             "int4": quantized(params, 4, config.int4_group_size, serve=True)}
-    return dict(params=params, loss=losses.classification_loss(apply_fn, inputs=INPUTS), metrics=metrics,
-                tx=_launch.config_optimizer(config), train=train, eval=evaluation,
-                serve_arms={arm: (metrics, p) for arm, p in arms.items()})
+    return Build(params=params, loss=losses.classification_loss(apply_fn, inputs=INPUTS), metrics=metrics,
+                 tx=_launch.config_optimizer(config), train=train, eval=evaluation, seed=config.seed,
+                 batch_size=config.batch_size, eval_batch_size=config.eval_batch_size, num_steps=config.num_steps,
+                 serve_arms={arm: (metrics, p) for arm, p in arms.items()})
 
 
 def finetune(config, workdir):

@@ -30,6 +30,7 @@ from flax import nnx
 from leanjax import data, losses
 from leanjax.audit import Memory, interventions, remat_auto
 from leanjax.experiments import _launch
+from leanjax.experiments._build import Build
 from leanjax.models import CausalLM, TransformerConfig, functional
 from leanjax.state import TrainState
 from leanjax.step import make_train_step
@@ -47,8 +48,9 @@ def build(config):
         intermediate_size=m.intermediate_size, max_position_embeddings=m.seq_len, type_vocab_size=0,
         dropout=m.dropout, causal=True, scan_layers=m.scan_layers, remat=m.remat), rngs=nnx.Rngs(config.seed))
     apply_fn, params = functional(model)
-    return dict(params=params, loss=losses.lm_loss(apply_fn), metrics=losses.lm_metrics(apply_fn),
-                train=train, eval=evaluation)
+    return Build(params=params, loss=losses.lm_loss(apply_fn), metrics=losses.lm_metrics(apply_fn),
+                 train=train, eval=evaluation, tx=_launch.config_optimizer(config), seed=config.seed,
+                 batch_size=config.batch_size, eval_batch_size=config.eval_batch_size, num_steps=config.num_steps)
 
 
 def _with_policy(config, policy: str):
@@ -82,16 +84,16 @@ def run(config, workdir):
     kinds = [_kind(p) for p in policies]
     if len(set(kinds)) != len(kinds):
         raise _launch.ConfigError(f"config.policies has two policies of one kind: {policies}")
-    tx = _launch.config_optimizer(config)
     base = build(config)
-    batch = next(iter(data.batches(base["train"], batch_size=config.batch_size, seed=config.seed)))
+    tx = base.tx
+    batch = next(iter(data.batches(base.train, batch_size=config.batch_size, seed=config.seed)))
     steps: dict[str, tuple] = {}
 
     def build_step(policy: str, batch_size: int | None):
         if policy not in steps:
             parts = build(_with_policy(config, policy))  # same seed: the same initial params
-            state = TrainState.create(parts["params"], tx, jax.random.key(config.seed))
-            steps[policy] = (make_train_step(parts["loss"], tx), state)
+            state = TrainState.create(parts.params, tx, jax.random.key(config.seed))
+            steps[policy] = (make_train_step(parts.loss, tx), state)
         step, state = steps[policy]
         return step, (state, batch if batch_size is None else _resized(batch, batch_size))
 
@@ -152,7 +154,7 @@ def _depth_trend(config, tx, batch) -> list[dict]:
 
         def build_step(policy, _batch, deeper=deeper):
             parts = build(_with_policy(deeper, policy))
-            return make_train_step(parts["loss"], tx), (TrainState.create(parts["params"], tx, jax.random.key(0)),
+            return make_train_step(parts.loss, tx), (TrainState.create(parts.params, tx, jax.random.key(0)),
                                                         batch)
 
         none, nothing = remat_auto.measure(build_step, ("none", "nothing"), timing=False)

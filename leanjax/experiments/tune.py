@@ -26,6 +26,7 @@ from flax import nnx
 
 from leanjax import data, losses, tune
 from leanjax.experiments import _launch
+from leanjax.experiments._build import Build
 from leanjax.models import CNN, functional
 from leanjax.state import TrainState
 from leanjax.step import evaluate, make_eval_step, make_train_step
@@ -60,10 +61,11 @@ def build(config):
     """What `--audit` compiles: one trial's train step (the tuned CNN; the sampled hyperparameters are
     injected, so every trial runs this program) and its evaluation step."""
     apply_fn, params = functional(_cnn(config, config.cnn.features, config.cnn.dense, config.seed))
-    return dict(params=params, loss=losses.classification_loss(apply_fn, inputs="image"),
-                metrics=losses.classification_metrics(apply_fn, inputs="image"),
-                tx=_optimizer(config, config.num_steps), train=data.load("mnist5k", "train"),
-                eval=data.load("mnist5k", "test"))
+    return Build(params=params, loss=losses.classification_loss(apply_fn, inputs="image"),
+                 metrics=losses.classification_metrics(apply_fn, inputs="image"),
+                 tx=_optimizer(config, config.num_steps), train=data.load("mnist5k", "train"),
+                 eval=data.load("mnist5k", "test"), seed=config.seed, batch_size=config.batch_size,
+                 eval_batch_size=config.eval_batch_size, num_steps=config.num_steps)
 
 
 def make_task(config, *, features, dense, batch_size: int, num_steps: int) -> Task:
@@ -126,43 +128,17 @@ def run_studies(config, storage, task: Task) -> dict[str, list[list]]:
 
 def population_benchmark(config, storage, name: str, task: Task, *, features, dense, batch_size: int,
                          num_steps: int) -> dict:
-    """The same N trials as one vmapped population (Optuna trials) and one after another; times both.
-    `task` is `make_task(config, **the other keywords)`."""
-    n, key = config.population.n, config.objective
-    pop_step = tune.make_population_step(task.step_fn)
-    pop_eval_fn = tune.make_population_eval(task.eval_step_fn)
-    eval_every = min(config.eval_every, num_steps)
-
-    # Compile both programs (and the eval steps) outside the timings.
-    warm = task.init({"learning_rate": 1e-3, "weight_decay": 1e-4}, 0)
-    batch = next(task.batches())
-    task.evaluate(warm.params)
-    jax.block_until_ready(task.train_step(warm, batch))
-    stacked, _ = pop_step(tune.stack([task.init({"learning_rate": 1e-3, "weight_decay": 1e-4}, i)
-                                      for i in range(n)]), batch)
-    pop_eval_fn(stacked.params, task.val)
-
+    """The same N trials as one vmapped population (Optuna trials) and one after another, timed
+    (`tune.compare_population`). `task` is `make_task(config, **the other keywords)`."""
     study = optuna.create_study(study_name=name, storage=storage, direction="maximize", load_if_exists=True,
                                 sampler=optuna.samplers.RandomSampler(seed=config.seed))
-    t0 = time.perf_counter()
-    result = tune.optimize_population(
-        study, space=dict(config.space), n=n, init_state=lambda p, i: task.init(p, config.seed + i),
-        pop_step=pop_step, batches=task.batches(), num_steps=num_steps,
-        eval_fn=lambda params: pop_eval_fn(params, task.val), eval_every=eval_every, key=key,
+    times = tune.compare_population(
+        study, space=dict(config.space), n=config.population.n, init_state=lambda p, i: task.init(p, config.seed + i),
+        step_fn=task.step_fn, eval_step_fn=task.eval_step_fn, batches=task.batches, val=task.val,
+        num_steps=num_steps, eval_every=min(config.eval_every, num_steps), key=config.objective,
         heartbeat_interval=config.heartbeat_interval)
-    jax.block_until_ready(result.states)
-    vmapped_s = time.perf_counter() - t0
-
-    trials = sorted(study.trials, key=lambda t: t.number)[-n:]
-    t0 = time.perf_counter()
-    sequential = [tune.train_trial(task.init(t.params, config.seed + i), task.train_step, task.batches(),
-                                   num_steps=num_steps, eval_fn=task.evaluate, eval_every=eval_every)
-                  for i, t in enumerate(trials)]
-    jax.block_until_ready([r.state for r in sequential])
-    sequential_s = time.perf_counter() - t0
-    return dict(n=n, num_steps=num_steps, batch_size=batch_size, features=list(features), dense=dense,
-                vmapped_s=vmapped_s, sequential_s=sequential_s, speedup=sequential_s / vmapped_s,
-                max_abs_metric_diff=max(abs(r.metrics[key] - m[key]) for r, m in zip(sequential, result.metrics)))
+    return dict(n=config.population.n, num_steps=num_steps, batch_size=batch_size, features=list(features),
+                dense=dense, **times)
 
 
 def run(config, workdir):

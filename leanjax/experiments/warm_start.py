@@ -36,6 +36,7 @@ from flax import nnx
 from leanjax import data, losses
 from leanjax.data.source import to_str
 from leanjax.experiments import _launch
+from leanjax.experiments._build import Build
 from leanjax.experiments._minilm import tweets
 from leanjax.models import SequenceClassifier, TransformerConfig, functional
 from leanjax.state import TrainState
@@ -104,11 +105,13 @@ def build(config):
                            centre=config.embedding_centre)
     apply_fn, params = _model(config, len(vocab), config.seeds[0])
     tx = _launch.config_optimizer(config)
-    return dict(params=_with_embedding(params, init.table), init=init, vocab=vocab, tx=tx, seed=config.seeds[0],
-                loss=losses.classification_loss(apply_fn, inputs=INPUTS),
-                metrics=losses.classification_metrics(apply_fn, inputs=INPUTS),
-                train=_source(train, vocab, config.seq_len),
-                eval=_source(tweets(config.eval_split, config.eval_examples, seed=0), vocab, config.seq_len))
+    return Build(params=_with_embedding(params, init.table), tx=tx, seed=config.seeds[0],
+                 batch_size=config.batch_size, eval_batch_size=config.eval_batch_size, num_steps=config.num_steps,
+                 loss=losses.classification_loss(apply_fn, inputs=INPUTS),
+                 metrics=losses.classification_metrics(apply_fn, inputs=INPUTS),
+                 train=_source(train, vocab, config.seq_len),
+                 eval=_source(tweets(config.eval_split, config.eval_examples, seed=0), vocab, config.seq_len),
+                 extra={"init": init, "vocab": vocab})
 
 
 def _mean(values: list) -> float | None:
@@ -131,19 +134,19 @@ def run(config, workdir):
 
 def _compare(config, workdir):
     parts = build(config)
-    init, vocab = parts["init"], parts["vocab"]
+    init, vocab = parts.extra["init"], parts.extra["vocab"]
     unknown = set(config.arms) - set(ARMS)
     if unknown or not {"random", "warm"} <= set(config.arms):
         raise _launch.ConfigError(f"config.arms={config.arms}: needs 'random' and 'warm', may add {ARMS[2:]}")
-    eval_step = make_eval_step(parts["metrics"])
+    eval_step = make_eval_step(parts.metrics)
 
     def eval_fn(params):
-        return evaluate(eval_step, params, data.eval_batches(parts["eval"], config.eval_batch_size))
+        return evaluate(eval_step, params, data.eval_batches(parts.eval, config.eval_batch_size))
 
-    tx = parts["tx"]
+    tx = parts.tx
     optimizers = {"random": tx, "warm": tx, "warm_frozen": train_rows(tx, {EMBEDDING: ~init.matched})}
     # One jitted step per optimizer, shared by every seed (and by `random` and `warm`): compiled once.
-    train_steps = {arm: make_train_step(parts["loss"], optimizers[arm]) for arm in ("random", "warm_frozen")}
+    train_steps = {arm: make_train_step(parts.loss, optimizers[arm]) for arm in ("random", "warm_frozen")}
     train_steps["warm"] = train_steps["random"]
     curves: dict[str, list] = {arm: [] for arm in config.arms}
     finals: dict[str, list] = {arm: [] for arm in config.arms}
@@ -153,7 +156,7 @@ def _compare(config, workdir):
             start = params if arm == "random" else _with_embedding(params, init.table)
             state = TrainState.create(jax.tree.map(jnp.copy, start), optimizers[arm], jax.random.key(seed))
             result = fit(state, train_steps[arm],
-                         data.batches(parts["train"], batch_size=config.batch_size, seed=seed),
+                         data.batches(parts.train, batch_size=config.batch_size, seed=seed),
                          num_steps=config.num_steps, workdir=os.path.join(workdir, arm, f"seed{seed}"),
                          eval_fn=eval_fn, eval_every=config.eval_every, log_every=config.eval_every,
                          progress=config.progress, desc=f"warm_start/{arm}/seed{seed}")

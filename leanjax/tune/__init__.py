@@ -11,6 +11,7 @@
 from leanjax.optim import set_hyperparams
 from leanjax.tune.population import (
     PopulationResult,
+    compare_population,
     make_population_eval,
     make_population_step,
     optimize_population,
@@ -37,9 +38,9 @@ from leanjax.tune.study import (
 from leanjax.tune.trial import TrialResult, train_trial
 
 __all__ = [
-    "PopulationResult", "STEPS_ATTR", "TrialResult", "best_so_far", "compare_methods", "compute_to_target",
-    "distributions", "fail_stale_trials", "finished", "heartbeat", "make_population_eval", "make_population_step",
-    "make_pruner", "make_sampler", "open_storage", "open_study", "optimize_population", "plot_history",
-    "pruning_reporter", "run_worker", "set_hyperparams", "stack", "storage_url", "take", "train_population",
-    "train_trial", "unstack",
+    "PopulationResult", "STEPS_ATTR", "TrialResult", "best_so_far", "compare_methods", "compare_population",
+    "compute_to_target", "distributions", "fail_stale_trials", "finished", "heartbeat", "make_population_eval",
+    "make_population_step", "make_pruner", "make_sampler", "open_storage", "open_study", "optimize_population",
+    "plot_history", "pruning_reporter", "run_worker", "set_hyperparams", "stack", "storage_url", "take",
+    "train_population", "train_trial", "unstack",
 ]

@@ -17,6 +17,7 @@ depths) cannot vmap: those stay sequential trials.
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -26,9 +27,11 @@ import jax.numpy as jnp
 import numpy as np
 import optuna
 
+from leanjax.step import evaluate
 from leanjax.tune.space import distributions
 from leanjax.tune.storage import heartbeat
 from leanjax.tune.study import STEPS_ATTR, ask
+from leanjax.tune.trial import train_trial
 
 
 def stack(states: Sequence[Any]) -> Any:
@@ -147,3 +150,56 @@ def optimize_population(study: optuna.Study, *, space: Mapping, n: int,
         study.tell(t, None if pruned else float(m[key]),
                    state=optuna.trial.TrialState.PRUNED if pruned else optuna.trial.TrialState.COMPLETE)
     return result
+
+
+def compare_population(study: optuna.Study, *, space: Mapping, n: int,
+                       init_state: Callable[[Mapping[str, Any], int], Any], step_fn: Callable, eval_step_fn: Callable,
+                       batches: Callable[[], Iterator], val: Sequence, num_steps: int, eval_every: int, key: str,
+                       heartbeat_interval: float = 5.0) -> dict[str, float]:
+    """The same `n` trials trained as one vmapped population and one after another, both timed.
+
+    Both programs (and the evaluation steps) are compiled before the clocks start. The population is
+    `optimize_population` on `study` (so its members are Optuna trials); the sequential runs replay those
+    trials' sampled params with `train_trial`.
+
+    Args:
+      study: where the population's trials are asked and told.
+      space: the search space (`leanjax.tune.space`).
+      n: the population size.
+      init_state: `(params, member) -> TrainState`, member `member`'s state from its sampled params.
+      step_fn, eval_step_fn: the unjitted train and eval steps (`make_train_step(..., jit=False)`).
+      batches: `() -> iterator`, a fresh training iterator (the same order for every trial).
+      val: the validation batches.
+      num_steps, eval_every, key: each trial's steps, its evaluation interval and the metric reported.
+      heartbeat_interval: seconds between the population trials' heartbeats.
+
+    Returns:
+      `{"vmapped_s", "sequential_s", "speedup"` (sequential / vmapped), `"max_abs_metric_diff"`
+      (the largest difference of a member's final `key` from its sequential twin's)`}`.
+    """
+    pop_step, pop_eval = make_population_step(step_fn), make_population_eval(eval_step_fn)
+    train_step, eval_step = jax.jit(step_fn, donate_argnums=(0,)), jax.jit(eval_step_fn)
+    first = list(study.trials)
+    probe = {name: d.choices[0] if hasattr(d, "choices") else d.low for name, d in distributions(space).items()}
+    batch = next(batches())
+    evaluate(eval_step, init_state(probe, 0).params, val)
+    jax.block_until_ready(train_step(init_state(probe, 0), batch))
+    stacked, _ = pop_step(stack([init_state(probe, i) for i in range(n)]), batch)
+    pop_eval(stacked.params, val)
+
+    t0 = time.perf_counter()
+    result = optimize_population(study, space=space, n=n, init_state=init_state, pop_step=pop_step,
+                                 batches=batches(), num_steps=num_steps, eval_fn=lambda p: pop_eval(p, val),
+                                 eval_every=eval_every, key=key, heartbeat_interval=heartbeat_interval)
+    jax.block_until_ready(result.states)
+    vmapped_s = time.perf_counter() - t0
+
+    trials = sorted((t for t in study.trials if t.number not in {f.number for f in first}), key=lambda t: t.number)
+    t0 = time.perf_counter()
+    sequential = [train_trial(init_state(t.params, i), train_step, batches(), num_steps=num_steps,
+                              eval_fn=lambda p: evaluate(eval_step, p, val), eval_every=eval_every)
+                  for i, t in enumerate(trials)]
+    jax.block_until_ready([r.state for r in sequential])
+    sequential_s = time.perf_counter() - t0
+    return dict(vmapped_s=vmapped_s, sequential_s=sequential_s, speedup=sequential_s / vmapped_s,
+                max_abs_metric_diff=max(abs(r.metrics[key] - m[key]) for r, m in zip(sequential, result.metrics)))
