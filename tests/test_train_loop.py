@@ -146,6 +146,36 @@ def test_steps_to_target_and_compare_to_baseline(tmp_path):
     assert (tmp_path / "c.png").stat().st_size > 1000 and path.endswith("c.png")
 
 
+def test_plot_bars_draws_one_bar_per_series_and_category(tmp_path):
+    import math
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from leanjax.train import plot_bars
+
+    drawn = {}
+    real_savefig = plt.Figure.savefig
+
+    def spy(fig, path, **kw):  # what was drawn, read before the figure is closed
+        drawn["heights"] = [p.get_height() for p in fig.axes[0].patches]
+        drawn["ticks"] = [t.get_text() for t in fig.axes[0].get_xticklabels()]
+        return real_savefig(fig, path, **kw)
+
+    plt.Figure.savefig = spy
+    try:
+        path = plot_bars({"cnn": {"dense": 0.9, "s75": 0.8}, "minilm": {"dense": 0.6, "movement": 0.5}},
+                         str(tmp_path / "b.png"), ylabel="accuracy", ylim=(0, 1))
+    finally:
+        plt.Figure.savefig = real_savefig
+    assert drawn["ticks"] == ["dense", "s75", "movement"]  # categories in first-seen order
+    heights = [None if math.isnan(h) else h for h in drawn["heights"]]  # a missing value: a NaN bar, not drawn
+    assert heights == [0.9, 0.8, None, 0.6, None, 0.5]
+    assert (tmp_path / "b.png").stat().st_size > 1000 and path.endswith("b.png")
+
+
 def test_write_report_markdown_and_self_contained_html(tmp_path):
     import base64
 

@@ -5,17 +5,13 @@
   https://arxiv.org/abs/2305.14314) over an NF4 base; adapters in f32 (an AdamW update in bf16 rounds away).
 - `packed_lm_loss`: next-token loss on packed rows, only where `loss_mask` (assistant targets), through the
   chunked vocabulary cross-entropy (`leanjax.losses_chunked`), so no `[tokens, vocab]` f32 logits exist.
+- `packed_data`: the configured chat JSONL (default: the shipped tweets example) packed into rows.
 - `compiled_peak`: the train step compiled from abstract shapes only (`jax.ShapeDtypeStruct`s), so any model
   size works on a small CPU; peak = arguments + outputs + temporaries - aliased.
 """
 
 from __future__ import annotations
 
-import json
-import os
-import statistics
-import subprocess
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -27,6 +23,7 @@ import optax
 
 from leanjax import losses, transforms
 from leanjax.audit.compiled import Memory
+from leanjax.data import chat
 from leanjax.losses_chunked import chunked_cross_entropy
 from leanjax.state import TrainState
 from leanjax.step import make_train_step
@@ -134,27 +131,18 @@ def compiled_peak(loss_fn: Callable, params: Any, mask: Any, tx: optax.GradientT
     return Memory.of(step.lower(state, jax.tree.map(as_shape, batch)).compile())
 
 
-def alternating_step_times(steps: dict, batch: Any, rounds: int) -> dict[str, float]:
-    """Median seconds per train step of each `(step, state)`, calls alternating between arms (first round warms up)."""
-    times = {arm: [] for arm in steps}
-    for _ in range(rounds + 1):
-        for arm, (step, state) in steps.items():
-            fresh = jax.block_until_ready(jax.tree.map(jnp.copy, state))  # the step donates its state
-            start = time.perf_counter()
-            jax.block_until_ready(step(fresh, batch))
-            times[arm].append(time.perf_counter() - start)
-    return {arm: statistics.median(t[1:]) for arm, t in times.items()}
+EXAMPLE = Path(chat.__file__).parent / "chat_example"
 
 
-def peft_steps_per_s(python: str, spec: dict) -> dict | None:
-    """HF PEFT's LoRA step timed by `_peft_bench` on `spec` under the interpreter `python`: its JSON result, or
-    None when `python` is empty, missing, or lacks torch/transformers/peft."""
-    if not python or not os.path.exists(python):
-        return None
-    bench = Path(__file__).with_name("_peft_bench.py")
-    out = subprocess.run([python, str(bench), json.dumps(spec)], capture_output=True, text=True, timeout=900)
-    if out.returncode:
-        if "No module named" in out.stderr:
-            return None
-        raise RuntimeError(f"{bench} failed under {python}:\n{out.stderr[-2000:]}")
-    return json.loads(out.stdout.strip().splitlines()[-1])
+def packed_data(config):
+    """`(Packed, tokenizer, stats)` of the configured chat JSONL, assistant-only loss masks."""
+    tokenizer = chat.load_chat_tokenizer(config.tokenizer or EXAMPLE)
+    conversations = chat.read_chat_jsonl(config.data or EXAMPLE / "chat.jsonl", limit=config.max_examples or None)
+    docs = [tokenizer.encode_chat(c) for c in conversations]
+    pad = tokenizer.token_id("pad_token") or 0
+    packed = chat.pack(docs, config.seq_len, pad_id=pad)
+    stats = {"documents": len(docs), "rows": int(packed.inputs.shape[0]), "truncated": packed.truncated,
+             "packing_efficiency": packed.efficiency,
+             "padded_efficiency": chat.padded_efficiency(docs, config.seq_len),
+             "assistant_target_fraction": float(packed.loss_mask.sum() / max((packed.segment_ids > 0).sum(), 1))}
+    return packed, tokenizer, stats

@@ -12,9 +12,8 @@ steps, and 1000 requests served one eval batch per step, under the price table (
 shipped one).
 
 The experiment `leanjax.experiments.<name>` (the config's directory name) provides
-`build(config) -> {"params", "loss", "metrics", "train", "eval", ...}`, as `baseline` does; the
-optimizer comes from the config's `optimizer`, `learning_rate`, `num_steps`, `warmup_steps` and
-`weight_decay`, the batches from `batch_size`, `eval_batch_size` and `seed`.
+`build(config) -> Build` (`leanjax.experiments._build`: params, loss, optimizer, seed, batch size, steps and
+data), as every experiment does.
 """
 
 from __future__ import annotations

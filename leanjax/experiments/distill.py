@@ -43,7 +43,7 @@ from leanjax.experiments._build import Build
 from leanjax.models import SequenceClassifier, functional
 from leanjax.state import TrainState
 from leanjax.step import make_train_step
-from leanjax.train import fit
+from leanjax.train import fit, plot_bars
 from leanjax.transforms import apply, quantize
 from leanjax.transforms.distill import (
     cache_topk,
@@ -114,24 +114,6 @@ def _train(loss, params, train, c, workdir, desc, trainable=None):
     return _minilm.finished(result).state.params
 
 
-def _plot(headline, path):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    names = ["teacher_accuracy", "student_accuracy", "int8_teacher.student_accuracy",
-             "offline.student_accuracy", "label_only_accuracy"]
-    labels = ["teacher", "KD student", "KD (int8 teacher)", "KD (offline top-k)", "label-only"]
-    fig, ax = plt.subplots(figsize=(7, 3.2))
-    ax.bar(labels, [headline[n] for n in names], color=["gray", "C0", "C1", "C2", "C3"])
-    ax.set(ylabel="test accuracy", ylim=(0, 1), title="distillation: MiniLM teacher -> small student")
-    ax.grid(alpha=0.3, axis="y")
-    fig.tight_layout()
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
-
-
 def few_labels(c, student_apply, student, train, cache, acc, teacher_accuracy, workdir) -> dict:
     """The few-label regime: label-only on `few_labels.labels` tweets vs KD on the teacher-labelled pool."""
     f = c.few_labels
@@ -198,7 +180,11 @@ def _run(config, workdir):
         "int8_teacher.student_accuracy": accuracy["int8_teacher"], "offline.student_accuracy": accuracy["offline"],
         **{f"few_labels.{k}": v for k, v in few.items() if k != "sweep"},
     }
-    _plot(headline, os.path.join(workdir, "accuracy.png"))
+    names = {"teacher": "teacher_accuracy", "KD student": "student_accuracy",
+             "KD (int8 teacher)": "int8_teacher.student_accuracy", "KD (offline top-k)": "offline.student_accuracy",
+             "label-only": "label_only_accuracy"}
+    plot_bars({"accuracy": {label: headline[k] for label, k in names.items()}}, os.path.join(workdir, "accuracy.png"),
+              ylabel="test accuracy", ylim=(0, 1), title="distillation: MiniLM teacher -> small student")
     metrics = {"student_params": count_params(trained["student"]), "teacher_params": count_params(teacher),
                "train_examples": len(train), "eval_examples": len(test), "few_labels_sweep": few["sweep"]}
     return metrics, headline

@@ -25,44 +25,23 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-import shutil
-import statistics
 import time
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import ml_collections
-import numpy as np
 from flax import nnx
 
 from leanjax import data, transforms
-from leanjax.data import chat
-from leanjax.experiments import _launch, _llm, _llm_model
+from leanjax.audit.timing import time_interleaved
+from leanjax.experiments import _launch, _llm, _llm_bench, _llm_model
 from leanjax.experiments._build import Build
-from leanjax.models.generate import generate
 from leanjax.state import TrainState
 from leanjax.step import make_train_step
 from leanjax.train import fit
 from leanjax.weights.decoders import load_decoder
-from leanjax.weights.load_peak import measure_load_peak, write_random_decoder
 
-EXAMPLE = Path(chat.__file__).parent / "chat_example"
 GIB = 2**30
-
-
-def packed_data(config):
-    """`(Packed, tokenizer, stats)` of the configured chat JSONL, assistant-only loss masks."""
-    tokenizer = chat.load_chat_tokenizer(config.tokenizer or EXAMPLE)
-    conversations = chat.read_chat_jsonl(config.data or EXAMPLE / "chat.jsonl", limit=config.max_examples or None)
-    docs = [tokenizer.encode_chat(c) for c in conversations]
-    pad = tokenizer.token_id("pad_token") or 0
-    packed = chat.pack(docs, config.seq_len, pad_id=pad)
-    stats = {"documents": len(docs), "rows": int(packed.inputs.shape[0]), "truncated": packed.truncated,
-             "packing_efficiency": packed.efficiency,
-             "padded_efficiency": chat.padded_efficiency(docs, config.seq_len),
-             "assistant_target_fraction": float(packed.loss_mask.sum() / max((packed.segment_ids > 0).sum(), 1))}
-    return packed, tokenizer, stats
 
 
 def arm_setup(config, base: _llm_model.Config, arm: str):
@@ -104,97 +83,6 @@ def memory(config) -> dict[str, dict]:
     return out
 
 
-def leanjax_lora_step_times(config, model: _llm_model.Config) -> list[float]:
-    """Seconds per step (after a warm-up call) of leanjax's LoRA step as PEFT runs it: f32, every projection
-    adapted, unpacked random rows."""
-    model = dataclasses.replace(model, dtype="float32", remat="none")
-    params = _llm.arm_params(_llm_model.init_params(model, jax.random.key(config.seed)), "lora",
-                             kernels=_llm_model.KERNELS, rank=config.lora_rank, alpha=config.lora_alpha,
-                             group_size=config.qlora_group_size, key=jax.random.key(1), base_dtype=jnp.float32)
-    mask = _llm.trainable_mask(params, "lora")
-    tx = _launch.config_optimizer(config, learning_rate=config.lora_learning_rate)
-    state = TrainState.create(params, tx, jax.random.key(0), trainable=mask)
-    step = make_train_step(transforms.apply(_llm_model.loss_fn(model, chunk_size=config.loss_chunk)), tx,
-                           trainable=mask)
-    b, t = config.batch_size, config.seq_len
-    ids = np.random.default_rng(0).integers(0, model.vocab_size, (b, t + 1)).astype(np.int32)
-    batch = {"inputs": ids[:, :-1], "targets": ids[:, 1:], "loss_mask": np.ones((b, t), bool),
-             "positions": np.tile(np.arange(t, dtype=np.int32), (b, 1)), "segment_ids": np.ones((b, t), np.int32)}
-    times = []
-    for _ in range(config.peft_steps + 1):
-        fresh = jax.block_until_ready(jax.tree.map(jnp.copy, state))
-        start = time.perf_counter()
-        jax.block_until_ready(step(fresh, batch))
-        times.append(time.perf_counter() - start)
-    return times[1:]
-
-
-def peft_comparison(config, base: _llm_model.Config) -> tuple[float | None, dict]:
-    """`(peft_speed_ratio, details)`: PEFT timed before and after leanjax (this machine is shared, so each
-    side's best step time is compared; medians are kept in the details). None when PEFT is unavailable."""
-    spec = _llm_model.peft_spec(base, batch=config.batch_size, seq_len=config.seq_len, rank=config.lora_rank,
-                                alpha=config.lora_alpha, steps=config.peft_steps)
-    before = _llm.peft_steps_per_s(config.peft_python, spec)
-    if before is None:
-        return None, {"skipped": f"no torch/transformers/peft at config.peft_python={config.peft_python!r}"}
-    ours = leanjax_lora_step_times(config, base)
-    after = _llm.peft_steps_per_s(config.peft_python, spec)
-    peft_best = min(before["best_step_s"], after["best_step_s"])
-    details = {"peft_before": before, "peft_after": after, "leanjax_step_times_s": ours,
-               "peft_best_step_s": peft_best, "leanjax_best_step_s": min(ours),
-               "median_ratio": statistics.median([before["step_s"], after["step_s"]]) / statistics.median(ours)}
-    return peft_best / min(ours), details
-
-
-def generation_speed(config, model: _llm_model.Config, params, packed) -> dict:
-    """Greedy KV-cache generation tokens/s of the full fine-tune's final params (f32), second call timed."""
-    prompts = packed.inputs[:config.generate_batch, :config.generate_prompt_len].tolist()
-    decoder = _llm_model.model(dataclasses.replace(model, remat="none"), params)
-    generate(decoder, prompts, max_new_tokens=config.generate_tokens)
-    start = time.perf_counter()
-    tokens = generate(decoder, prompts, max_new_tokens=config.generate_tokens)
-    seconds = time.perf_counter() - start
-    return {"tokens_per_s": tokens.size / seconds, "seconds": seconds, "batch": len(prompts),
-            "prompt_len": config.generate_prompt_len, "new_tokens": config.generate_tokens, "dtype": model.dtype,
-            "decoder": "leanjax.models.generate (greedy, KV cache)"}
-
-
-def load_peak(config, workdir) -> dict | None:
-    """Peak host memory of loading a random `load_peak` checkpoint (index + shards, bf16 as released ones are)
-    in a fresh process: as stored (bf16 params) and quantized to NF4 on load. The checkpoint is deleted after."""
-    lp = config.load_peak
-    if not lp.enabled:
-        return None
-    hf = dict(model_type="llama", vocab_size=lp.vocab_size, hidden_size=lp.hidden_size,
-              intermediate_size=lp.intermediate_size, num_hidden_layers=lp.num_layers, num_attention_heads=32,
-              num_key_value_heads=8, head_dim=lp.hidden_size // 32, rms_norm_eps=1e-5, rope_theta=5e5,
-              tie_word_embeddings=False)
-    directory = Path(workdir) / "load_peak_checkpoint"
-    try:
-        write_random_decoder(directory, hf, shards=lp.shards)
-        out = {"bf16": measure_load_peak(directory, dtype="bfloat16"),
-               "nf4_on_load": measure_load_peak(directory, dtype="bfloat16", quantize="nf4"), "config": hf}
-    finally:
-        shutil.rmtree(directory, ignore_errors=True)
-    gib = out["bf16"]["checkpoint_bytes"] / GIB
-    print(f"[llm_finetune] load peak ({gib:.2f} GiB, {lp.shards} shards): bf16 {out['bf16']['load_peak_ratio']:.3f}, "
-          f"NF4 on load {out['nf4_on_load']['load_peak_ratio']:.3f}", flush=True)
-    return out
-
-
-def reference_logit_diffs(config) -> dict[str, float] | None:
-    """Largest |logit - transformers' logit| of each family's fixture in `reference_dir` (None if absent)."""
-    root = Path(config.reference_dir)
-    if not config.reference_dir or not root.is_dir():
-        return None
-    diffs = {}
-    for family in sorted(p.name for p in root.iterdir() if (p / "reference.npz").is_file()):
-        ref = np.load(root / family / "reference.npz")
-        got = load_decoder(root / family).model(jnp.asarray(ref["input_ids"]))
-        diffs[family] = float(np.abs(np.asarray(got) - ref["logits"]).max())
-    return diffs
-
-
 def check(config) -> None:
     """Bad presets and remat policies as one-line config errors, before anything is compiled."""
     from leanjax.models.remat import validate_policy_name
@@ -234,7 +122,7 @@ def train_config(config, tokenizer) -> tuple[_llm_model.Config, dict | None]:
 def build(config):
     """The full fine-tune of the training model on the packed chats (what `--audit` compiles)."""
     check(config)
-    packed, tokenizer, _ = packed_data(config)
+    packed, tokenizer, _ = _llm.packed_data(config)
     base, loaded = train_config(config, tokenizer)
     model, _, _ = arm_setup(config, base, "full")
     return Build(params=loaded if loaded is not None else _llm_model.init_params(model, jax.random.key(config.seed)),
@@ -245,7 +133,7 @@ def build(config):
 
 def run(config, workdir):
     check(config)
-    packed, tokenizer, data_stats = packed_data(config)
+    packed, tokenizer, data_stats = _llm.packed_data(config)
     base, loaded = train_config(config, tokenizer)
     peaks = memory(config)
     source = data.ArraySource(packed.batch(slice(None)))
@@ -267,14 +155,14 @@ def run(config, workdir):
             return {"preempted": True}, {}
         states[arm] = results[arm].state
     batch = packed.batch(slice(0, config.batch_size))
-    step_s = _llm.alternating_step_times({arm: (steps[arm], states[arm]) for arm in _llm.ARMS}, batch,
-                                         config.timing_rounds)
+    step_s = time_interleaved({arm: (steps[arm], (states[arm], batch)) for arm in _llm.ARMS},
+                              repeats=config.timing_rounds)
     tokens = int((batch["segment_ids"] > 0).sum())
-    peft_ratio, peft = peft_comparison(config, base)
-    generation = generation_speed(config, arm_setup(config, base, "full")[0], states["full"].params, packed)
+    peft_ratio, peft = _llm_bench.peft_comparison(config, base)
+    generation = _llm_bench.generation_speed(config, arm_setup(config, base, "full")[0], states["full"].params, packed)
     full = peaks["full"]["peak_bytes"]
-    diffs = reference_logit_diffs(config)
-    loading = load_peak(config, workdir)
+    diffs = _llm_bench.reference_logit_diffs(config)
+    loading = _llm_bench.load_peak(config, workdir)
     headline = {
         "lora.memory_ratio": peaks["lora"]["peak_bytes"] / full,
         "qlora_remat.memory_ratio": peaks["qlora_remat"]["peak_bytes"] / full,

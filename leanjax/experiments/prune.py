@@ -37,20 +37,10 @@ from leanjax.models import CNN, SequenceClassifier, functional
 from leanjax.optim import set_hyperparams
 from leanjax.state import TrainState
 from leanjax.step import make_train_step
-from leanjax.train import fit
+from leanjax.train import fit, plot_bars
 from leanjax.transforms import apply, weight_bytes
+from leanjax.transforms import prune as pruning
 from leanjax.transforms.compact import cnn_groups, compact, structured_masks, transformer_groups
-from leanjax.transforms.prune import (
-    apply_masks,
-    complete_masks,
-    gradual_pruning,
-    keep_masks,
-    magnitude,
-    masks_of,
-    nm_masks,
-    report,
-    top_scores,
-)
 from leanjax.transforms.sparse24 import pack24
 
 SPARSITIES = {"s50": 0.5, "s75": 0.75, "s90": 0.9}
@@ -105,14 +95,14 @@ def build(config):
     m = _cnn(c) if name == "cnn" else _minilm_model(c)
     metrics = lambda fn: losses.classification_metrics(fn, inputs=m["inputs"])  # noqa: E731
     dense = m["params"]
-    nm, (masks, keep) = nm_masks(dense, m["nm"]), structured_masks(dense, m["groups"], 0.5)
+    nm, (masks, keep) = pruning.nm_masks(dense, m["nm"]), structured_masks(dense, m["groups"], 0.5)
     return Build(params=dense, loss=losses.classification_loss(m["apply"], inputs=m["inputs"]),
                  metrics=metrics(m["apply"]), train=m["train"], eval=m["test"], tx=m["tx"], seed=c.seed,
                  batch_size=c.batch_size, eval_batch_size=c.eval_batch_size,
                  num_steps=c.dense_steps if name == "cnn" else c.num_steps,
-                 serve_arms={"nm24": (metrics(m["apply"]), pack24(apply_masks(dense, nm), m["nm"], nm)),
+                 serve_arms={"nm24": (metrics(m["apply"]), pack24(pruning.apply_masks(dense, nm), m["nm"], nm)),
                              "structured50": (metrics(m["small_apply"]),
-                                              compact(apply_masks(dense, masks), m["groups"], keep))})
+                                              compact(pruning.apply_masks(dense, masks), m["groups"], keep))})
 
 
 def _finetune(m, c, tx, params, workdir, desc, step=None, num_steps=None, **hyperparams):
@@ -138,27 +128,29 @@ def _model(name, m, c, workdir):
     sparsity = {}
     ramp = max(int(c.prune_steps * c.ramp_fraction), 1)
     # The final sparsity is injected: every target sparsity trains with one compiled step.
-    tx = gradual_pruning(optimizer, magnitude(m["unstructured"]), ramp, update_every=c.update_every)
+    tx = pruning.gradual_pruning(optimizer, pruning.magnitude(m["unstructured"]), ramp, update_every=c.update_every)
     step = make_train_step(losses.classification_loss(m["apply"], inputs=m["inputs"]), tx)
     for arm, s in SPARSITIES.items():
         state = _finetune(m, c, tx, dense, os.path.join(workdir, arm), f"prune/{name}/{arm}", step, sparsity=s)
         out[f"{arm}.accuracy"] = acc(m["apply"], state.params)
-        sparsity[arm] = report(state.params, masks_of(state.opt_state))
+        sparsity[arm] = pruning.report(state.params, pruning.masks_of(state.opt_state))
 
     # The fixed masks of both one-shot arms, completed to the same leaves (all-True where only the other
     # prunes): `keep_masks` reads its masks from the optimizer state, so both train with one compiled step.
-    masks, (structured, keep) = nm_masks(dense, m["nm"]), structured_masks(dense, m["groups"], 0.5)
-    fixed = {"nm24": complete_masks(masks, structured), "structured50": complete_masks(structured, masks)}
+    masks, (structured, keep) = pruning.nm_masks(dense, m["nm"]), structured_masks(dense, m["groups"], 0.5)
+    fixed = {"nm24": pruning.complete_masks(masks, structured),
+             "structured50": pruning.complete_masks(structured, masks)}
     step = make_train_step(losses.classification_loss(m["apply"], inputs=m["inputs"]),
-                           keep_masks(optimizer(), fixed["nm24"]))
-    state = _finetune(m, c, keep_masks(optimizer(), fixed["nm24"]), apply_masks(dense, masks),
+                           pruning.keep_masks(optimizer(), fixed["nm24"]))
+    state = _finetune(m, c, pruning.keep_masks(optimizer(), fixed["nm24"]), pruning.apply_masks(dense, masks),
                       os.path.join(workdir, "nm24"), f"prune/{name}/nm24", step)
     packed = pack24(state.params, m["nm"], masks)
     out["nm24.accuracy"] = acc(apply(m["apply"]), packed)
     out["nm24.size_ratio"] = weight_bytes(packed) / weight_bytes(dense)
-    sparsity["nm24"] = report(state.params, masks)
+    sparsity["nm24"] = pruning.report(state.params, masks)
 
-    state = _finetune(m, c, keep_masks(optimizer(), fixed["structured50"]), apply_masks(dense, structured),
+    state = _finetune(m, c, pruning.keep_masks(optimizer(), fixed["structured50"]),
+                      pruning.apply_masks(dense, structured),
                       os.path.join(workdir, "structured50"), f"prune/{name}/structured50", step)
     small = compact(state.params, m["groups"], keep)
     out["structured50.accuracy"] = acc(m["small_apply"], small)
@@ -180,42 +172,19 @@ def _long_arms(name, m, c, workdir, acc, sparsity):
     optimizer = lambda: _launch.config_optimizer(c, learning_rate=c.long_learning_rate,  # noqa: E731
                                                  num_steps=c.long_steps, warmup_steps=0, weight_decay=0.0)
     ramp = max(int(c.long_steps * c.long_ramp_fraction), 1)
-    arms = {"long_dense": (optimizer(), {}),
-            "gradual": (gradual_pruning(optimizer, magnitude(m["unstructured"]), ramp, update_every=c.update_every),
-                        {"sparsity": c.long_sparsity}),
-            "movement": (gradual_pruning(optimizer, top_scores(m["unstructured"]), ramp,
-                                         update_every=c.update_every, movement=True), {"sparsity": c.long_sparsity})}
+    gradual = lambda scores, **kw: pruning.gradual_pruning(  # noqa: E731
+        optimizer, scores(m["unstructured"]), ramp, update_every=c.update_every, **kw)
+    target = {"sparsity": c.long_sparsity}
+    arms = {"long_dense": (optimizer(), {}), "gradual": (gradual(pruning.magnitude), target),
+            "movement": (gradual(pruning.top_scores, movement=True), target)}
     out = {}
     for arm, (tx, hyper) in arms.items():
         state = _finetune(m, c, tx, m["params"], os.path.join(workdir, arm), f"prune/{name}/{arm}",
                           num_steps=c.long_steps, **hyper)
         out[f"{arm}.accuracy"] = acc(m["apply"], state.params)
         if hyper:
-            sparsity[arm] = report(state.params, masks_of(state.opt_state))
+            sparsity[arm] = pruning.report(state.params, pruning.masks_of(state.opt_state))
     return out
-
-
-def _plot(headline, path):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    arms = ["dense", "s50", "s75", "s90", "nm24", "structured50", "long_dense", "gradual", "movement"]
-    models = sorted({k.split(".")[0] for k in headline})
-    fig, ax = plt.subplots(figsize=(9, 3.2))
-    width = 0.8 / len(models)
-    for j, model in enumerate(models):
-        vals = [headline.get(f"{model}.dense_accuracy" if a == "dense" else f"{model}.{a}.accuracy", float("nan"))
-                for a in arms]
-        ax.bar([i + j * width for i in range(len(arms))], vals, width, label=model)
-    ax.set_xticks([i + width * (len(models) - 1) / 2 for i in range(len(arms))], arms)
-    ax.set(ylabel="test accuracy", ylim=(0, 1), title="pruning: accuracy per arm")
-    ax.legend()
-    ax.grid(alpha=0.3, axis="y")
-    fig.tight_layout()
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
 
 
 def run(config, workdir):
@@ -230,7 +199,11 @@ def run(config, workdir):
             return {"preempted": True}, {}
         headline.update({f"{name}.{k}": v for k, v in out.items()})
         metrics["sparsity"][name] = sparsity
-    _plot(headline, os.path.join(workdir, "accuracy.png"))
+    keys = {"dense": "dense_accuracy", **{a: f"{a}.accuracy" for a in (*SPARSITIES, "nm24", "structured50",
+                                                                        "long_dense", "gradual", "movement")}}
+    bars = {m: {a: headline[f"{m}.{k}"] for a, k in keys.items() if f"{m}.{k}" in headline} for m in config.models}
+    plot_bars(bars, os.path.join(workdir, "accuracy.png"), ylabel="test accuracy", ylim=(0, 1),
+              title="pruning: accuracy per arm")
     return metrics, headline
 
 

@@ -94,3 +94,42 @@ def plot_arm_curves(panels: Mapping[str, Mapping[str, Sequence[Sequence[tuple[in
     fig.savefig(path, dpi=80)
     plt.close(fig)
     return path
+
+
+def plot_bars(series: Mapping[str, Mapping[str, float]], path: str, *, ylabel: str = "", title: str = "",
+              ylim: tuple[float, float] | None = None) -> str:
+    """Writes a PNG bar chart: one group of bars per category, one bar per series in each (missing: no bar).
+
+    Args:
+      series: series (e.g. a model) -> category (e.g. an arm) -> value; the categories are taken in the order
+        they first appear.
+      path: the PNG to write.
+      ylabel, title: the axis label and the title.
+      ylim: (bottom, top) of the value axis; None leaves it to matplotlib.
+
+    Returns:
+      `path`.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    categories = list(dict.fromkeys(c for values in series.values() for c in values))
+    width = 0.8 / max(len(series), 1)
+    fig, ax = plt.subplots(figsize=(max(4.0, 0.9 * len(categories) * max(len(series), 1) ** 0.5 + 2), 3.2))
+    for j, (name, values) in enumerate(series.items()):
+        ax.bar([i + j * width for i in range(len(categories))], [values.get(c, np.nan) for c in categories], width,
+               label=name)
+    ax.set_xticks([i + width * (len(series) - 1) / 2 for i in range(len(categories))], categories,
+                  rotation=20 if len(categories) > 6 else 0)
+    ax.set(ylabel=ylabel, title=title)
+    if ylim is not None:
+        ax.set_ylim(*ylim)
+    if len(series) > 1:
+        ax.legend()
+    ax.grid(alpha=0.3, axis="y")
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+    return path
