@@ -78,6 +78,35 @@ def test_oracle_without_any_run_at_target_is_the_most_accurate():
                                   "b": {"accuracy": 0.6, "usd_per_1k_requests": 2.0}}, 0.9) == "b"
 
 
+def test_skipped_students_cost_nothing_and_are_named_in_the_report(tmp_path):
+    stages = fake_stages()
+    skipped = "skipped: teacher +0.5 points over the target, students need +5.0"
+    stages["cache"] = {"skipped": skipped, "wall_s": 0.01}
+    stages["student_L2"] = {"skipped": skipped, "layers": 2, "wall_s": 0.01}
+    del stages["serve"]["arms"]["student_L2_int8"]
+    headline, breakdown = _report.headline_of(stages, 0.72, usd_per_hour=0.1)
+    assert breakdown["lean_flops"]["cache"] == 0 and breakdown["lean_flops"]["student_L2"] == 0
+    assert headline["train_compute_ratio_oracle"] == pytest.approx((2 + 1 + 20) / 40)
+    assert headline["train_memory_ratio"] == pytest.approx(70 / 800)  # the largest lean step left: QLoRA's
+    paths = _report.write(str(tmp_path), stages, headline, breakdown)
+    with open(paths["md"]) as f:
+        assert f"| student_L2 | 0 | 0 | - | {skipped} |" in f.read()
+
+
+def test_students_train_only_with_a_teacher_margin_over_the_target():
+    from types import SimpleNamespace
+
+    from leanjax.experiments._pipeline import students_skipped
+
+    def ctx(accuracy, margin):
+        c = SimpleNamespace(target_accuracy=0.72, distill=SimpleNamespace(min_teacher_margin=margin))
+        return SimpleNamespace(c=c, results={"lean": {"accuracy": accuracy}})
+
+    assert students_skipped(ctx(0.78, 0.05)) is None
+    assert students_skipped(ctx(0.7285, 0.05)) == "skipped: teacher +0.9 points over the target, students need +5.0"
+    assert students_skipped(ctx(0.60, -1.0)) is None  # a negative margin: always trained (`:tiny`)
+
+
 def render(workdir):
     stages = fake_stages()
     headline, breakdown = _report.headline_of(stages, 0.72, 0.1)

@@ -246,7 +246,7 @@ def student(ctx, layers: int):
 
 def served(ctx, oracle: dict) -> dict:
     """name -> `(apply_fn, params, test source)` of every served candidate: the `oracle` brute run's f32 params
-    at its last step, the teacher in int8 and NF4, each student in int8 (all restored, nothing trains)."""
+    at its last step, the teacher in int8 and NF4, each trained student in int8 (all restored, nothing trains)."""
     c, d = ctx.c, ctx.c.distill
     apply_fn, params, tx, _, _, _ = brute_parts(ctx)
     brute = restore_params(ctx.dir(f"brute_{oracle['learning_rate']:.0e}"), state(params, tx, c.seed, 1.0),
@@ -258,11 +258,23 @@ def served(ctx, oracle: dict) -> dict:
             "teacher_int8": (apply_fn_for(teacher_config), int8(served_teacher), test),
             "teacher_nf4": (apply_fn_for(teacher_config), nf4(served_teacher, c.qlora_group_size), test)}
     for layers in d.student_layers:
+        if ctx.results[f"student_L{layers}"].get("skipped"):
+            continue
         student_apply, params, _ = student(ctx, layers)
         tx = optimizer(d.num_steps, name=d.optimizer)
         trained = restore_params(ctx.dir(f"student_L{layers}"), state(params, tx, c.seed, 1.0), d.num_steps)
         arms[f"student_L{layers}_int8"] = (student_apply, int8(trained), test)
     return arms
+
+
+def students_skipped(ctx) -> str | None:
+    """Why no student is trained (None: they are). A student is smaller than its teacher and loses accuracy to
+    it, so a teacher less than `distill.min_teacher_margin` over the target cannot give one that reaches the
+    target: the logit cache and the students' steps would buy no served candidate at the target."""
+    margin, need = ctx.results["lean"]["accuracy"] - ctx.c.target_accuracy, ctx.c.distill.min_teacher_margin
+    if margin >= need:
+        return None
+    return f"skipped: teacher {100 * margin:+.1f} points over the target, students need {100 * need:+.1f}"
 
 
 __all__ = ["INPUTS", "NUM_LABELS", "Context", "apply_fn_for"]

@@ -161,6 +161,7 @@ def _tables(stages: dict, headline: dict, breakdown: dict) -> list[tuple[str, li
         note = {"tune": f"best rate {s.get('best_learning_rate', 0):.2e}, {len(s.get('trials', []))} trials",
                 "lean": f"accuracy {_fmt(s.get('accuracy'))}, remat {s.get('remat')}, steps {s.get('steps')}",
                 "cache": f"{s.get('examples')} examples"}.get(k, f"{s.get('num_new', '')}" if k == "tokens" else "")
+        note = s.get("skipped", note)
         peak = f"{s['peak_bytes'] / _MIB:.1f}" if "peak_bytes" in s else "-"
         lean.append([k, f"{breakdown['lean_flops'][k] / 1e12:.3g}", f"{s['wall_s']:.0f}", peak, note])
     serve = [["served model", "accuracy", "MiB", "s per batch", "$ per 1k requests", "reaches target"]]

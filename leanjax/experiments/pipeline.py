@@ -34,7 +34,7 @@ from leanjax.experiments import _launch, _minilm, _report
 from leanjax.experiments import _pipeline as P
 from leanjax.experiments._build import Build
 from leanjax.step import evaluate, make_eval_step, make_train_step
-from leanjax.train import fit
+from leanjax.train import fit, steps_to_target
 from leanjax.train.async_eval import AsyncEvaluator
 from leanjax.train.stages import Stage, run_stages
 from leanjax.transforms.distill import cache_topk, offline_distillation_loss
@@ -50,10 +50,6 @@ def _fit(ctx, name, state, step, source, *, num_steps, batch_size, **kw):
                                 progress=c.progress, desc=f"pipeline/{name}", **kw))
 
 
-def _reached(curve, target):
-    return next((s for s, a in curve if a >= target), None)
-
-
 def stage_brute(ctx, rate: float) -> dict:
     c, b = ctx.c, ctx.c.brute
     _, params, tx, step, audit, eval_step = P.brute_parts(ctx)
@@ -65,7 +61,7 @@ def stage_brute(ctx, rate: float) -> dict:
     curve = [[r["step"], r["eval_accuracy"]] for r in result.history if "eval_accuracy" in r]
     steps = curve[-1][0]
     return {**P.train_figures(audit, steps, b.batch_size, b.seq_len), "learning_rate": rate,
-            "accuracy": curve[-1][1], "eval_curve": curve, "steps_to_target": _reached(curve, c.target_accuracy),
+            "accuracy": curve[-1][1], "eval_curve": curve, "steps_to_target": steps_to_target(curve, c.target_accuracy),
             "steps_per_s": result.steps_per_s, "weight_bytes": transforms.weight_bytes(params)}
 
 
@@ -154,7 +150,7 @@ def stage_lean(ctx) -> dict:
     finally:
         evaluations = evaluator.close(wait=True)
     curve = [[e.step, e.metrics["accuracy"]] for e in evaluations]
-    reached = _reached(curve, c.target_accuracy)
+    reached = steps_to_target(curve, c.target_accuracy)
     chosen = reached if reached is not None else curve[-1][0]
     del result
     return {**P.train_figures(audit, max(s for s, _ in curve), lean.batch_size, lean.seq_len),
@@ -165,6 +161,8 @@ def stage_lean(ctx) -> dict:
 
 def stage_cache(ctx) -> dict:
     c = ctx.c
+    if why := P.students_skipped(ctx):
+        return {"skipped": why}
     model_config, dense = P.teacher(ctx)
     apply_fn = P.apply_fn_for(model_config)
     seen = P.distill_set(ctx)
@@ -177,6 +175,8 @@ def stage_cache(ctx) -> dict:
 
 def stage_student(ctx, layers: int) -> dict:
     c, d = ctx.c, ctx.c.distill
+    if why := P.students_skipped(ctx):
+        return {"skipped": why, "layers": layers}
     apply_fn, params, info = P.student(ctx, layers)
     cache = dict(np.load(ctx.dir("stages") + "/teacher_logits.npz"))
     train = data.ArraySource({**P.distill_set(ctx).arrays, **cache})
