@@ -52,7 +52,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         # Students are trained only when the teacher beats the target by this much: the 2026-12-03 default run's
         # students (2 and 3 layers, 80 KD steps) ended 8.0 and 13.3 points under their 0.7285 teacher.
         min_teacher_margin=0.05))
-    c.serve = ml_collections.ConfigDict(dict(batch_size=64, timing_rounds=3))
+    # teacher_vocab: also serve the int8 teacher with its word table cut to the pool's most used ids (0: not)
+    c.serve = ml_collections.ConfigDict(dict(batch_size=64, timing_rounds=3, teacher_vocab=8192))
 
     if arg == "tiny":
         c.target_accuracy = 0.3
@@ -71,7 +72,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         c.lean.update(dict(seq_len=16, batch_size=8, num_steps=8, eval_every=4))
         c.distill.update(dict(student_layers=(1,), student_vocab=512, num_steps=4, batch_size=8,
                               min_teacher_margin=-1.0))  # always: the wiring is what `:tiny` checks
-        c.serve.update(dict(batch_size=16, timing_rounds=1))
+        c.serve.update(dict(batch_size=16, timing_rounds=1, teacher_vocab=1024))
     elif arg not in (None, "", "default"):
         raise ValueError(f"unknown config variant {arg!r}: use 'tiny' or nothing")
     return c

@@ -230,16 +230,20 @@ def distill_set(ctx):
     return data.ArraySource({k: v[ids] for k, v in pool.arrays.items()})
 
 
+def vocab_cut(ctx, size: int, vocab_size: int):
+    """`(kept ids, remap table)`: the pool's `size` most frequent token ids (`cut_vocab`), the rest read as UNK."""
+    pool, _, _ = ctx.sources("extended", ctx.c.lean.seq_len)
+    tok = ctx.extended_tokenizer()
+    return cut_vocab(pool.arrays["input_ids"], vocab_size, size, unk_id=tok.token_to_id("[UNK]"),
+                     always=[tok.token_to_id(t) for t in ("[PAD]", "[CLS]", "[SEP]")])
+
+
 def student(ctx, layers: int):
     """`(apply_fn, f32 params, info)`: the teacher's first `layers` layers, vocabulary cut to the pool's most
     frequent ids (`cut_vocab`), position table cut to the lean sequence length."""
     c = ctx.c
     model_config, dense = teacher(ctx)
-    pool, _, _ = ctx.sources("extended", c.lean.seq_len)
-    tok = ctx.extended_tokenizer()
-    kept, remap = cut_vocab(pool.arrays["input_ids"], model_config.vocab_size, c.distill.student_vocab,
-                            always=[tok.token_to_id(t) for t in ("[PAD]", "[CLS]", "[SEP]")],
-                            unk_id=tok.token_to_id("[UNK]"))
+    kept, remap = vocab_cut(ctx, c.distill.student_vocab, model_config.vocab_size)
     small, params = slim(dense, model_config, layers, c.lean.seq_len, kept)
     return remapped(apply_fn_for(small), remap), params, {"vocab": len(kept), "remap_bytes": remap.nbytes}
 
@@ -257,6 +261,10 @@ def served(ctx, oracle: dict) -> dict:
     arms = {"brute_f32": (apply_fn, brute, ctx.sources("base", c.brute.seq_len)[2]),
             "teacher_int8": (apply_fn_for(teacher_config), int8(served_teacher), test),
             "teacher_nf4": (apply_fn_for(teacher_config), nf4(served_teacher, c.qlora_group_size), test)}
+    if c.serve.teacher_vocab:  # the teacher with the word table cut to the ids the pool uses most
+        kept, remap = vocab_cut(ctx, c.serve.teacher_vocab, model_config.vocab_size)
+        cut_config, cut = slim(dense, model_config, model_config.num_layers, c.lean.seq_len, kept)
+        arms[f"teacher_int8_vocab{len(kept)}"] = (remapped(apply_fn_for(cut_config), remap), int8(cut), test)
     for layers in d.student_layers:
         if ctx.results[f"student_L{layers}"].get("skipped"):
             continue

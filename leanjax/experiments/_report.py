@@ -37,12 +37,16 @@ def _flops(name: str, s: dict) -> float:
     return s.get("train_flops", 0.0) + s.get("eval_flops", 0.0) + s.get("cache_flops", 0.0)
 
 
-def served_choice(arms: dict, target: float) -> str:
-    """The cheapest served model ($/1k requests) that reaches `target`; none does: the most accurate."""
+def served_choice(arms: dict, target: float, tolerance: float = 0.05) -> str:
+    """The cheapest served model ($/1k requests) that reaches `target`, the smallest of those within `tolerance`
+    of the cheapest (timings on a shared machine differ by a few percent between equal programs); none
+    reaches it: the most accurate."""
     ok = [n for n, a in arms.items() if a["accuracy"] >= target]
-    if ok:
-        return min(ok, key=lambda n: arms[n]["usd_per_1k_requests"])
-    return max(arms, key=lambda n: arms[n]["accuracy"])
+    if not ok:
+        return max(arms, key=lambda n: arms[n]["accuracy"])
+    cheapest = min(arms[n]["usd_per_1k_requests"] for n in ok)
+    near = [n for n in ok if arms[n]["usd_per_1k_requests"] <= cheapest * (1 + tolerance)]
+    return min(near, key=lambda n: (arms[n]["weight_bytes"], arms[n]["usd_per_1k_requests"]))
 
 
 def headline_of(stages: dict, target: float, usd_per_hour: float) -> tuple[dict, dict]:
