@@ -1,30 +1,10 @@
-"""leanjax.audit.serving: alternating timer, accuracy of a served program, devices that fit."""
+"""leanjax.audit.serving: accuracy of a served program, devices that fit."""
 
-import time
 
 import numpy as np
 import pytest
 
-from leanjax.audit.serving import devices_that_fit, served_accuracy, time_alternating
-
-
-def test_time_alternating_orders_programs_by_cost_and_alternates():
-    order = []
-
-    def slow(x):
-        order.append("slow")
-        time.sleep(0.02)
-        return x
-
-    def fast(x):
-        order.append("fast")
-        return x
-
-    times = time_alternating({"slow": (slow, (np.zeros(2),)), "fast": (fast, (np.zeros(2),))}, rounds=3)
-    assert times["slow"] > 0.015 > times["fast"]
-    assert order == ["slow", "fast"] * 4  # one warm-up round, then 3 alternating rounds
-    with pytest.raises(ValueError, match="rounds"):
-        time_alternating({}, rounds=0)
+from leanjax.audit.serving import devices_that_fit, served_accuracy
 
 
 def test_served_accuracy_ignores_padding_rows():

@@ -36,13 +36,16 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.qlora_group_size = 64        # NF4 block size (QLoRA's)
     c.lora_rank = 8
     c.lora_alpha = 16.0
-    c.micro_batch = 8              # lean steps accumulate gradients over micro-batches of this size
+    c.micro_batch = 4              # lean steps accumulate gradients over micro-batches of this size (remat auto
+                                   # then fits `none` in the memory budget: measured 75.6 MiB vs 123 MiB at 8)
     c.brute = ml_collections.ConfigDict(dict(
         seq_len=48, batch_size=32, num_steps=60, learning_rates=(5e-5, 1e-4, 2e-4, 4e-4)))
     c.tokens = ml_collections.ConfigDict(dict(num_new=256, min_count=5))
     c.tune = ml_collections.ConfigDict(dict(
-        proxy_layers=2, seq_len=32, batch_size=16, n_trials=3, min_steps=5, max_steps=15, reduction_factor=3,
-        n_startup_trials=3, learning_rate_range=("log", 5e-4, 4e-3)))
+        proxy_layers=2, seq_len=32, batch_size=16, n_trials=4, min_steps=5, max_steps=15, reduction_factor=3,
+        n_startup_trials=4, learning_rate_range=("log", 5e-4, 4e-3),
+        # the trials are a log-spaced grid over the range (3 random draws, 2026-12-03, all fell in 7e-4..1.6e-3)
+        log_grid=True))
     c.lean = ml_collections.ConfigDict(dict(
         seq_len=40, batch_size=32, num_steps=100, eval_every=10, remat_policies=("none", "dots", "nothing"),
         memory_budget=0.10))       # remat auto: the cheapest policy whose peak fits 0.10 x brute's

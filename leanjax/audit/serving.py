@@ -1,7 +1,7 @@
-"""Served models side by side: their time per batch (timed alternately, so load hits every arm alike),
-accuracy computed by the served program itself, and which devices can hold a train step.
+"""Served models side by side: accuracy computed by the served program itself, and which devices can hold a
+train step. Time per batch comes from `leanjax.audit.timing.time_interleaved` (calls alternating, so load
+hits every arm alike).
 
-    times = time_alternating({"f32": (prog_a, args_a), "int8": (prog_b, args_b)}, rounds=5)
     fits = devices_that_fit(peak_bytes)          # families of the price table whose memory holds it
 
 DAWNBench (Coleman et al. 2017, https://dawn.cs.stanford.edu/benchmark/) judges inference by latency
@@ -10,39 +10,15 @@ and $ per 1k requests of the deployed model at a fixed accuracy; this module mea
 
 from __future__ import annotations
 
-import statistics
-import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
-import jax
 import numpy as np
 
 # Memory per device (GiB, published specs; CPUs: the price table's 4 GB per vCPU times `host_cores`).
 DEVICE_MEMORY_GIB = {"tpu-v5e": 16, "tpu-v4": 32, "tpu-v6e": 32, "a100": 40, "h100-sxm": 80,
                      "tpu-v5p": 95, "h200-sxm": 141}
 CPU_GIB_PER_CORE = 4
-
-
-def time_alternating(programs: Mapping[str, tuple[Callable, Sequence[Any]]], *, rounds: int) -> dict[str, float]:
-    """Median seconds per call of each `(program, args)`, calls alternating between programs.
-
-    Args:
-      programs: name -> `(program, args)`; `program(*args)` must not donate `args` (it is called again).
-      rounds: timed rounds; one more round runs first as warm-up (compilation, caches) and is dropped.
-
-    Returns:
-      name -> median seconds of its `rounds` timed calls.
-    """
-    if rounds < 1:
-        raise ValueError(f"rounds must be >= 1, got {rounds}")
-    times: dict[str, list[float]] = {name: [] for name in programs}
-    for _ in range(rounds + 1):
-        for name, (program, args) in programs.items():
-            t0 = time.perf_counter()
-            jax.block_until_ready(program(*args))
-            times[name].append(time.perf_counter() - t0)
-    return {name: statistics.median(t[1:]) for name, t in times.items()}
 
 
 def served_accuracy(program: Callable[..., Any], batches: Iterable[Mapping[str, Any]], inputs: Sequence[str]) -> float:

@@ -179,6 +179,13 @@ def int8(params):
     return transforms.serve_int8(params, KERNELS)
 
 
+def served_int8(dense, model_config, seq_len: int):
+    """`(apply_fn, params)` of the teacher as served: every layer unrolled, position table cut to `seq_len`,
+    int8 (`int8`)."""
+    config, params = slim(dense, model_config, model_config.num_layers, seq_len)
+    return apply_fn_for(config), int8(params)
+
+
 def nf4(params, group_size: int):
     """Kernels and embeddings NF4 in blocks (dequantized on the fly at serving time)."""
     params = transforms.quantize(params, KERNELS, bits=4, scheme="nf4", group_size=group_size)
@@ -259,7 +266,7 @@ def served(ctx, oracle: dict) -> dict:
     teacher_config, served_teacher = slim(dense, model_config, model_config.num_layers, c.lean.seq_len)
     test = ctx.sources("extended", c.lean.seq_len)[2]
     arms = {"brute_f32": (apply_fn, brute, ctx.sources("base", c.brute.seq_len)[2]),
-            "teacher_int8": (apply_fn_for(teacher_config), int8(served_teacher), test),
+            "teacher_int8": (*served_int8(dense, model_config, c.lean.seq_len), test),
             "teacher_nf4": (apply_fn_for(teacher_config), nf4(served_teacher, c.qlora_group_size), test)}
     if c.serve.teacher_vocab:  # the teacher with the word table cut to the ids the pool uses most
         kept, remap = vocab_cut(ctx, c.serve.teacher_vocab, model_config.vocab_size)

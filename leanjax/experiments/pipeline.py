@@ -28,7 +28,8 @@ import numpy as np
 
 from leanjax import data, losses, transforms, tune
 from leanjax.audit.remat_auto import Candidate, NoPolicyFits, pick
-from leanjax.audit.serving import served_accuracy, time_alternating
+from leanjax.audit.serving import served_accuracy
+from leanjax.audit.timing import time_interleaved
 from leanjax.data.source import to_str
 from leanjax.experiments import _launch, _minilm, _report
 from leanjax.experiments import _pipeline as P
@@ -106,6 +107,9 @@ def stage_tune(ctx) -> dict:
     study = tune.open_study("pipeline-lr", optuna.storages.InMemoryStorage(), sampler="tpe", pruner="hyperband",
                             seed=c.seed, min_resource=t.min_steps, max_resource=t.max_steps,
                             reduction_factor=t.reduction_factor, n_startup_trials=t.n_startup_trials)
+    if t.log_grid:  # one rate: a log-spaced grid covers the range evenly, where a few random draws can cluster
+        for rate in np.geomspace(*t.learning_rate_range[1:], t.n_trials):
+            study.enqueue_trial({"learning_rate": float(rate)})
     tune.run_worker(study, objective, space={"learning_rate": tuple(t.learning_rate_range)}, n_trials=t.n_trials)
     trials = tune.finished(study)
     done = [tr for tr in trials if tr.state.name == "COMPLETE" and tr.value is not None]
@@ -139,9 +143,12 @@ def stage_lean(ctx) -> dict:
     except NoPolicyFits:
         policy = min(candidates, key=lambda cand: cand.peak_bytes).policy
     step, audit = programs[policy]
-    eval_step = make_eval_step(transforms.apply(losses.classification_metrics(P.apply_fn_for(model_config),
-                                                                              inputs=INPUTS)))
-    evaluator = AsyncEvaluator(lambda p: evaluate(eval_step, p, data.eval_batches(test, c.eval_batch_size)),
+    # Judged by the model it will serve (LoRA merged, NF4 dequantized, int8), so the run stops when that
+    # model reaches the target, not the trained one (int8 can cost the last fraction of a point).
+    def served(p):
+        return P.served_int8(transforms.merge(p), model_config, lean.seq_len)
+    eval_step = make_eval_step(transforms.apply(losses.classification_metrics(served(state.params)[0], inputs=INPUTS)))
+    evaluator = AsyncEvaluator(lambda p: evaluate(eval_step, served(p)[1], data.eval_batches(test, c.eval_batch_size)),
                                max_pending=lean.num_steps, stop_fn=lambda s, m: m["accuracy"] >= c.target_accuracy)
     try:  # every eval point checkpointed: the teacher is the params of the first one at the target
         result = _fit(ctx, "lean", state, step, pool, num_steps=lean.num_steps, batch_size=lean.batch_size,
@@ -202,7 +209,7 @@ def stage_serve(ctx) -> dict:
         out[name] = {"accuracy": served_accuracy(bound, data.eval_batches(test, s.batch_size), INPUTS),
                      "weight_bytes": transforms.weight_bytes(params), "peak_bytes": audit.memory.peak,
                      "flops_per_request": audit.flops / s.batch_size}
-    for name, seconds in time_alternating(programs, rounds=s.timing_rounds).items():
+    for name, seconds in time_interleaved(programs, repeats=s.timing_rounds).items():
         out[name].update(batch_time_s=seconds, usd_per_1k_requests=ctx.rate * seconds / 3.6 / s.batch_size)
     return {"arms": out, "batch_size": s.batch_size}
 
