@@ -16,10 +16,11 @@ import numpy as np
 from leanjax import data, losses, transforms, tune
 from leanjax.audit import audit_compiled
 from leanjax.audit.prices import PriceTable
+from leanjax.audit.remat_auto import Candidate, NoPolicyFits, pick
 from leanjax.experiments._minilm import apply_fn_for, arm_params, minilm, tweets
 from leanjax.optim import make_optimizer
 from leanjax.state import TrainState
-from leanjax.step import make_eval_step, make_train_step
+from leanjax.step import evaluate, make_eval_step, make_train_step
 from leanjax.train.stages import restore_params
 from leanjax.transforms.compact import cut_vocab
 from leanjax.weights.embeddings import init_embeddings
@@ -184,6 +185,33 @@ def served_int8(dense, model_config, seq_len: int):
     int8 (`int8`)."""
     config, params = slim(dense, model_config, model_config.num_layers, seq_len)
     return apply_fn_for(config), int8(params)
+
+
+def served_int8_eval(model_config, seq_len: int, params, test, batch_size: int):
+    """`eval_fn(params) -> metrics` of the lean run, judged by the model it will serve (LoRA merged, NF4
+    dequantized, int8: `served_int8`), so a run stops when that model reaches the target, not the trained one
+    (int8 can cost the last fraction of a point). `params` (typed) give the program's shapes."""
+    def served(p):
+        return served_int8(transforms.merge(p), model_config, seq_len)
+    step = make_eval_step(transforms.apply(losses.classification_metrics(served(params)[0], inputs=INPUTS)))
+    return lambda p: evaluate(step, served(p)[1], data.eval_batches(test, batch_size))
+
+
+def remat_auto(model_config, state, tx, mask, batch, policies, budget: int, accum_steps: int):
+    """`(policy, compiled step, its audit, candidates)`: the lean step compiled under each remat policy, the one
+    with the fewest FLOPs whose compiled peak fits `budget` picked (`remat_auto.pick`; none fits: the smallest)."""
+    programs, candidates = {}, []
+    for policy in policies:
+        apply_fn = apply_fn_for(model_config, scan_layers=True, remat=policy)
+        loss = transforms.apply(losses.classification_loss(apply_fn, inputs=INPUTS))
+        programs[policy] = compiled(make_train_step(loss, tx, trainable=mask, grad_accum_steps=accum_steps), state,
+                                    batch)
+        candidates.append(Candidate(policy, None, programs[policy][1].memory.peak, programs[policy][1].flops))
+    try:
+        policy = pick(candidates, budget).policy
+    except NoPolicyFits:
+        policy = min(candidates, key=lambda cand: cand.peak_bytes).policy
+    return policy, *programs[policy], candidates
 
 
 def nf4(params, group_size: int):

@@ -10,11 +10,13 @@ On all-MiniLM-L6-v2 and the shipped tweets (3 classes):
 - `brute_<rate>`: brute force as practised without leanjax: every weight fine-tuned in f32, unrolled layers,
   no remat, synchronous evaluation, one full-length run per rate of a grid. Its cost: every grid run. The
   `oracle` is the grid's cheapest run to the target (its rate handed over for free).
-- lean: `tokens` (mined tokens, warm-started: shorter sequences), `tune` (TPE + Hyperband on a small QLoRA
-  proxy), `lean` (QLoRA, remat auto, asynchronous evaluation, early stop at the target), `cache` (the
-  teacher's logits only for the examples the students will see), `student_L<d>` (students of several depths,
-  vocabulary cut, offline KD), `serve` (brute f32, teacher int8 / NF4, students int8: accuracy by the served
-  program, size, time per batch timed alternately, $ per 1k requests; the cheapest at the target wins).
+- lean: `tokens` (mined tokens, warm-started: shorter sequences), `tune` (Hyperband over a log grid of rates
+  on a small QLoRA proxy), `lean` (QLoRA, remat auto, asynchronous evaluation of the int8 model it will
+  serve, early stop when that reaches the target), `cache` (the teacher's logits only for the examples the
+  students will see), `student_L<d>` (students of several depths, vocabulary cut, offline KD; both skipped
+  when the teacher's margin over the target leaves a student no chance), `serve` (brute f32, teacher int8 /
+  NF4 / int8 with a cut vocabulary, students int8: accuracy by the served program, size, time per batch timed
+  alternately, $ per 1k requests; the cheapest at the target wins, the smallest within 10% of it).
 
 Memory is each compiled train step's peak; FLOPs the compiled programs' (while bodies times trip counts)
 times the steps run; $ each stage's wall time priced by `leanjax/audit/prices.json`. Stages are resumable
@@ -27,7 +29,6 @@ import jax
 import numpy as np
 
 from leanjax import data, losses, transforms, tune
-from leanjax.audit.remat_auto import Candidate, NoPolicyFits, pick
 from leanjax.audit.serving import served_accuracy
 from leanjax.audit.timing import time_interleaved
 from leanjax.data.source import to_str
@@ -132,24 +133,11 @@ def stage_lean(ctx) -> dict:
     pool, _, test = ctx.sources("extended", lean.seq_len)
     batch = P.first_batch(pool, lean.batch_size, c.seed)
     budget = int(lean.memory_budget * max(r["peak_bytes"] for r in _grid(ctx).values()))
-    programs, candidates = {}, []
-    for policy in lean.remat_policies:  # remat `auto`: compile each, pick from the compiled peaks and FLOPs
-        apply_fn = P.apply_fn_for(model_config, scan_layers=True, remat=policy)
-        programs[policy] = P.compiled(make_train_step(transforms.apply(losses.classification_loss(
-            apply_fn, inputs=INPUTS)), tx, trainable=mask, grad_accum_steps=P.accum(c, lean.batch_size)), state, batch)
-        candidates.append(Candidate(policy, None, programs[policy][1].memory.peak, programs[policy][1].flops))
-    try:
-        policy = pick(candidates, budget).policy
-    except NoPolicyFits:
-        policy = min(candidates, key=lambda cand: cand.peak_bytes).policy
-    step, audit = programs[policy]
-    # Judged by the model it will serve (LoRA merged, NF4 dequantized, int8), so the run stops when that
-    # model reaches the target, not the trained one (int8 can cost the last fraction of a point).
-    def served(p):
-        return P.served_int8(transforms.merge(p), model_config, lean.seq_len)
-    eval_step = make_eval_step(transforms.apply(losses.classification_metrics(served(state.params)[0], inputs=INPUTS)))
-    evaluator = AsyncEvaluator(lambda p: evaluate(eval_step, served(p)[1], data.eval_batches(test, c.eval_batch_size)),
-                               max_pending=lean.num_steps, stop_fn=lambda s, m: m["accuracy"] >= c.target_accuracy)
+    policy, step, audit, candidates = P.remat_auto(model_config, state, tx, mask, batch, lean.remat_policies, budget,
+                                                   P.accum(c, lean.batch_size))
+    eval_fn = P.served_int8_eval(model_config, lean.seq_len, state.params, test, c.eval_batch_size)
+    evaluator = AsyncEvaluator(eval_fn, max_pending=lean.num_steps,
+                               stop_fn=lambda s, m: m["accuracy"] >= c.target_accuracy)
     try:  # every eval point checkpointed: the teacher is the params of the first one at the target
         result = _fit(ctx, "lean", state, step, pool, num_steps=lean.num_steps, batch_size=lean.batch_size,
                       eval_every=lean.eval_every, checkpoint_every=lean.eval_every,
