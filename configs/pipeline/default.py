@@ -10,11 +10,13 @@ above it; a run that never reaches it pays its whole budget.
 
 Data: a pool of 4,096 random training tweets (+256 held out for the tuning study), accuracy on 512 random test
 tweets. Brute force: a grid of 4 rates (5e-5..4e-4, the BERT range scaled to this short budget), full f32
-fine-tunes of 60 steps x 32 x 48 tokens, synchronous evaluation every 20 steps. Lean: 256 mined tokens, a
-3-trial Hyperband study on a 2-layer QLoRA proxy, QLoRA + remat auto at 40 tokens, asynchronous evaluation
-every 10 steps, students of 2 and 3 layers (2,048-token vocabulary) distilled on the teacher's logits of the
+fine-tunes of 60 steps x 32 x 48 tokens, synchronous evaluation every 20 steps. Lean: 256 mined tokens,
+Hyperband over a 4-rate log grid on a 2-layer QLoRA proxy, QLoRA + remat auto at 40 tokens in micro-batches
+of 4, asynchronous evaluation of the int8 model it will serve every 10 steps (it stops when that reaches the
+target), students of 2 and 3 layers (2,048-token vocabulary) distilled on the teacher's logits of the
 examples they see when the teacher beats the target by `distill.min_teacher_margin` (else skipped: a student
-below its teacher cannot reach the target), int8 serving. Measured figures and goals: experiments/pipeline/README.md.
+below its teacher cannot reach the target), int8 serving (also with the teacher's vocabulary cut to 8,192).
+Measured figures and goals: experiments/pipeline/README.md.
 `:tiny`: MiniLM's first layer only, seq 16, a few steps, target 0.3: checks the wiring, not the claims.
 """
 
