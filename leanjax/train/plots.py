@@ -104,7 +104,8 @@ def plot_bars(series: Mapping[str, Mapping[str, float]], path: str, *, ylabel: s
       series: series (e.g. a model) -> category (e.g. an arm) -> value; the categories are taken in the order
         they first appear.
       path: the PNG to write.
-      ylabel, title: the axis label and the title.
+      ylabel: the value axis label.
+      title: the title.
       ylim: (bottom, top) of the value axis; None leaves it to matplotlib.
 
     Returns:

@@ -167,10 +167,13 @@ def compare_population(study: optuna.Study, *, space: Mapping, n: int,
       space: the search space (`leanjax.tune.space`).
       n: the population size.
       init_state: `(params, member) -> TrainState`, member `member`'s state from its sampled params.
-      step_fn, eval_step_fn: the unjitted train and eval steps (`make_train_step(..., jit=False)`).
+      step_fn: the unjitted train step (`make_train_step(..., jit=False)`).
+      eval_step_fn: the unjitted eval step (`make_eval_step(..., jit=False)`).
       batches: `() -> iterator`, a fresh training iterator (the same order for every trial).
       val: the validation batches.
-      num_steps, eval_every, key: each trial's steps, its evaluation interval and the metric reported.
+      num_steps: each trial's training steps.
+      eval_every: each trial's evaluation interval.
+      key: the metric reported (and compared).
       heartbeat_interval: seconds between the population trials' heartbeats.
 
     Returns:
