@@ -19,3 +19,14 @@ def test_prune_tiny(tmp_path):
     long_arms = {f"minilm.{a}.accuracy" for a in ("long_dense", "gradual", "movement")}
     assert set(headline) == {f"{m}.{k}" for m in ("cnn", "minilm") for k in ARMS} | long_arms
     assert 0 < headline["cnn.nm24.size_ratio"] < 1 and 0 < headline["cnn.structured50.size_ratio"] < 1
+
+
+def test_unknown_long_arm_is_a_config_error_naming_the_key():
+    import ml_collections
+
+    from leanjax.experiments.prune import _long_arms
+
+    c = ml_collections.ConfigDict(dict(long_learning_rate=1e-4, long_steps=4, long_ramp_fraction=0.5,
+                                       long_sparsity=0.75, update_every=1, long_arms=("gradual", "movment")))
+    with pytest.raises(_launch.ConfigError, match=r"long_arms: unknown \['movment'\]"):
+        _long_arms("minilm", {"unstructured": r".*kernel"}, c, "/nonexistent", None, {})

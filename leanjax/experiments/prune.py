@@ -177,8 +177,10 @@ def _long_arms(name, m, c, workdir, acc, sparsity):
     target = {"sparsity": c.long_sparsity}
     arms = {"long_dense": (optimizer(), {}), "gradual": (gradual(pruning.magnitude), target),
             "movement": (gradual(pruning.top_scores, movement=True), target)}
+    if unknown := sorted(set(c.long_arms) - set(arms)):
+        raise _launch.ConfigError(f"long_arms: unknown {unknown}; use some of {sorted(arms)}")
     out = {}
-    for arm, (tx, hyper) in arms.items():
+    for arm, (tx, hyper) in ((a, arms[a]) for a in c.long_arms):
         state = _finetune(m, c, tx, m["params"], os.path.join(workdir, arm), f"prune/{name}/{arm}",
                           num_steps=c.long_steps, **hyper)
         out[f"{arm}.accuracy"] = acc(m["apply"], state.params)
