@@ -16,7 +16,7 @@ def test_prune_tiny(tmp_path):
     code = _launch.main("prune", run, ["--config", "configs/prune/default.py:tiny", "--workdir", str(tmp_path)])
     assert code == 0
     headline = json.loads((tmp_path / "summary.json").read_text())["headline"]
-    long_arms = {f"minilm.{a}.accuracy" for a in ("long_dense", "gradual", "movement")}
+    long_arms = {f"minilm.{a}.accuracy" for a in ("long_dense", "gradual", "gradual_kd", "movement")}
     assert set(headline) == {f"{m}.{k}" for m in ("cnn", "minilm") for k in ARMS} | long_arms
     assert 0 < headline["cnn.nm24.size_ratio"] < 1 and 0 < headline["cnn.structured50.size_ratio"] < 1
 

@@ -28,7 +28,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                                      eval_batch_size=64, throughput_batch=64, timing_rounds=3,
                                      # issue 19's regime arms: 75% over 180 steps (ramp 2/3), magnitude vs movement
                                      long_steps=180, long_ramp_fraction=2 / 3, long_sparsity=0.75,
-                                     long_learning_rate=1e-4, long_arms=("long_dense", "gradual", "movement"))
+                                     long_learning_rate=1e-4, long_kd_alpha=0.5, long_kd_temperature=2.0,
+                                     long_arms=("long_dense", "gradual", "gradual_kd", "movement"))
     if arg == "tiny":
         c.cnn.update(dict(features=(4, 8), dense=16, batch_size=32, dense_steps=20, prune_steps=6,
                           update_every=2, throughput_batch=100, timing_rounds=1))

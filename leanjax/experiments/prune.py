@@ -28,6 +28,7 @@ import os
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from leanjax import data, losses
@@ -41,6 +42,7 @@ from leanjax.train import fit, plot_bars
 from leanjax.transforms import apply, weight_bytes
 from leanjax.transforms import prune as pruning
 from leanjax.transforms.compact import cnn_groups, compact, structured_masks, transformer_groups
+from leanjax.transforms.distill import cache_topk, offline_distillation_loss
 from leanjax.transforms.sparse24 import pack24
 
 SPARSITIES = {"s50": 0.5, "s75": 0.75, "s90": 0.9}
@@ -105,15 +107,15 @@ def build(config):
                                               compact(pruning.apply_masks(dense, masks), m["groups"], keep))})
 
 
-def _finetune(m, c, tx, params, workdir, desc, step=None, num_steps=None, **hyperparams):
+def _finetune(m, c, tx, params, workdir, desc, step=None, num_steps=None, loss=None, train=None, **hyperparams):
     """`num_steps` (default `prune_steps`) of fine-tuning from `params` with `tx` (a pruning wrapper); the final
     state. `step`: a compiled train step shared by arms whose optimizers differ only in their state (masks, or
-    the injected `hyperparams` set here)."""
+    the injected `hyperparams` set here). `loss`, `train`: instead of the labels' loss and `m["train"]`."""
     num_steps = num_steps or c.prune_steps
-    step = step or make_train_step(losses.classification_loss(m["apply"], inputs=m["inputs"]), tx)
+    step = step or make_train_step(loss or losses.classification_loss(m["apply"], inputs=m["inputs"]), tx)
     state = TrainState.create(jax.tree.map(jnp.copy, params), tx, jax.random.key(c.seed))
     state = set_hyperparams(state, **hyperparams)  # injected: values in the state, not in the compiled step
-    result = fit(state, step, data.batches(m["train"], batch_size=c.batch_size, seed=c.seed + 1),
+    result = fit(state, step, data.batches(train or m["train"], batch_size=c.batch_size, seed=c.seed + 1),
                  num_steps=num_steps, workdir=workdir, log_every=max(num_steps // 5, 1), progress=False,
                  desc=desc)
     return _minilm.finished(result).state
@@ -167,26 +169,43 @@ def _model(name, m, c, workdir):
 
 def _long_arms(name, m, c, workdir, acc, sparsity):
     """The regime arms (issue 19): `long_sparsity` reached over `long_steps` of fine-tuning (cubic ramp over
-    `long_ramp_fraction` of them) by magnitude (`gradual`, Zhu & Gupta) and by movement (`movement`, Sanh et
-    al.), beside the dense model fine-tuned as long (`long_dense`, the control they are judged against)."""
+    `long_ramp_fraction` of them) by magnitude (`gradual`, Zhu & Gupta), by magnitude while distilling from the
+    dense model (`gradual_kd`: its cached logits, offline KD) and by movement (`movement`, Sanh et al.), beside
+    the dense model fine-tuned as long (`long_dense`, the control they are judged against)."""
     optimizer = lambda: _launch.config_optimizer(c, learning_rate=c.long_learning_rate,  # noqa: E731
                                                  num_steps=c.long_steps, warmup_steps=0, weight_decay=0.0)
     ramp = max(int(c.long_steps * c.long_ramp_fraction), 1)
     gradual = lambda scores, **kw: pruning.gradual_pruning(  # noqa: E731
         optimizer, scores(m["unstructured"]), ramp, update_every=c.update_every, **kw)
     target = {"sparsity": c.long_sparsity}
-    arms = {"long_dense": (optimizer(), {}), "gradual": (gradual(pruning.magnitude), target),
-            "movement": (gradual(pruning.top_scores, movement=True), target)}
+    arms = {"long_dense": lambda: (optimizer(), {}), "gradual": lambda: (gradual(pruning.magnitude), target),
+            "gradual_kd": lambda: (gradual(pruning.magnitude), {**target, **_dense_teacher(m, c)}),
+            "movement": lambda: (gradual(pruning.top_scores, movement=True), target)}
     if unknown := sorted(set(c.long_arms) - set(arms)):
         raise _launch.ConfigError(f"long_arms: unknown {unknown}; use some of {sorted(arms)}")
     out = {}
-    for arm, (tx, hyper) in ((a, arms[a]) for a in c.long_arms):
+    for arm in c.long_arms:
+        tx, kw = arms[arm]()
         state = _finetune(m, c, tx, m["params"], os.path.join(workdir, arm), f"prune/{name}/{arm}",
-                          num_steps=c.long_steps, **hyper)
+                          num_steps=c.long_steps, **kw)
         out[f"{arm}.accuracy"] = acc(m["apply"], state.params)
-        if hyper:
+        if arm != "long_dense":
             sparsity[arm] = pruning.report(state.params, pruning.masks_of(state.opt_state))
     return out
+
+
+def _dense_teacher(m, c) -> dict:
+    """`_finetune`'s `loss` and `train` for distilling from the dense model while pruning: its logits cached
+    once over the training set (`cache_topk`, every class), KD at `long_kd_temperature` weighted `long_kd_alpha`."""
+    logits = jax.jit(lambda p, b: m["apply"](p, *(b[k] for k in m["inputs"])))
+    train = m["train"]  # a text_classification_source: an ArraySource
+    classes = int(np.max(train.arrays["label"])) + 1
+    cache = cache_topk(lambda b: logits(m["params"], b), data.eval_batches(train, c.eval_batch_size), len(train),
+                       k=classes)
+    train = data.ArraySource({**train.arrays, **cache})
+    loss = offline_distillation_loss(m["apply"], inputs=m["inputs"], alpha=c.long_kd_alpha,
+                                     temperature=c.long_kd_temperature)
+    return {"loss": loss, "train": train}
 
 
 def run(config, workdir):
