@@ -1,6 +1,6 @@
 """prune: dense vs 50/75/90% unstructured, 2:4 (packed) and 50% structured (compacted), CNN and MiniLM.
 
-    python -m leanjax.experiments.prune --workdir runs/prune                    # ~40 min (26 before the regime arms)
+    python -m leanjax.experiments.prune --workdir runs/prune                    # ~47 min (26 before the regime arms)
     python -m leanjax.experiments.prune --config configs/prune/default.py:tiny   # 150 s, quiet 2 cores
 
 Budget (default): CNN(32, 64, dense 128) trained 600 steps, each arm fine-tuned 300 steps (batch 64);
