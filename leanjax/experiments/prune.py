@@ -46,6 +46,7 @@ from leanjax.transforms.distill import cache_topk, offline_distillation_loss
 from leanjax.transforms.sparse24 import pack24
 
 SPARSITIES = {"s50": 0.5, "s75": 0.75, "s90": 0.9}
+LONG_ARMS = ("long_dense", "gradual", "gradual_kd", "movement")  # `_long_arms`, in the order they can run
 MINILM_KERNELS = r"encoder/layers/\d+/(attention/(query|key|value|output)|intermediate|output)/kernel"
 
 
@@ -169,38 +170,42 @@ def _model(name, m, c, workdir):
 
 def _long_arms(name, m, c, workdir, acc, sparsity):
     """The regime arms (issue 19): `long_sparsity` reached over `long_steps` of fine-tuning (cubic ramp over
-    `long_ramp_fraction` of them) by magnitude (`gradual`, Zhu & Gupta), by magnitude while distilling from the
-    dense model (`gradual_kd`: its cached logits, offline KD) and by movement (`movement`, Sanh et al.), beside
-    the dense model fine-tuned as long (`long_dense`, the control they are judged against)."""
+    `long_ramp_fraction` of them) by magnitude (`gradual`, Zhu & Gupta), by magnitude while distilling from
+    the dense control (`gradual_kd`: its cached logits, offline KD; listed after `long_dense`) and by movement
+    (`movement`, Sanh et al.), beside the dense model fine-tuned as long (`long_dense`, the control)."""
+    if unknown := sorted(set(c.long_arms) - set(LONG_ARMS)):
+        raise _launch.ConfigError(f"long_arms: unknown {unknown}; use some of {list(LONG_ARMS)}")
     optimizer = lambda: _launch.config_optimizer(c, learning_rate=c.long_learning_rate,  # noqa: E731
                                                  num_steps=c.long_steps, warmup_steps=0, weight_decay=0.0)
     ramp = max(int(c.long_steps * c.long_ramp_fraction), 1)
     gradual = lambda scores, **kw: pruning.gradual_pruning(  # noqa: E731
         optimizer, scores(m["unstructured"]), ramp, update_every=c.update_every, **kw)
     target = {"sparsity": c.long_sparsity}
+    teacher = {"params": m["params"]}  # the KD arm's teacher: the dense control once it has run, else the start
     arms = {"long_dense": lambda: (optimizer(), {}), "gradual": lambda: (gradual(pruning.magnitude), target),
-            "gradual_kd": lambda: (gradual(pruning.magnitude), {**target, **_dense_teacher(m, c)}),
+            "gradual_kd": lambda: (gradual(pruning.magnitude), {**target, **_dense_teacher(m, c, teacher["params"])}),
             "movement": lambda: (gradual(pruning.top_scores, movement=True), target)}
-    if unknown := sorted(set(c.long_arms) - set(arms)):
-        raise _launch.ConfigError(f"long_arms: unknown {unknown}; use some of {sorted(arms)}")
     out = {}
     for arm in c.long_arms:
         tx, kw = arms[arm]()
         state = _finetune(m, c, tx, m["params"], os.path.join(workdir, arm), f"prune/{name}/{arm}",
                           num_steps=c.long_steps, **kw)
         out[f"{arm}.accuracy"] = acc(m["apply"], state.params)
-        if arm != "long_dense":
+        if arm == "long_dense":
+            teacher["params"] = state.params
+        else:
             sparsity[arm] = pruning.report(state.params, pruning.masks_of(state.opt_state))
     return out
 
 
-def _dense_teacher(m, c) -> dict:
-    """`_finetune`'s `loss` and `train` for distilling from the dense model while pruning: its logits cached
-    once over the training set (`cache_topk`, every class), KD at `long_kd_temperature` weighted `long_kd_alpha`."""
+def _dense_teacher(m, c, params) -> dict:
+    """`_finetune`'s `loss` and `train` for distilling from the dense model `params` while pruning: its logits
+    cached once over the training set (`cache_topk`, every class), KD at `long_kd_temperature` weighted
+    `long_kd_alpha`."""
     logits = jax.jit(lambda p, b: m["apply"](p, *(b[k] for k in m["inputs"])))
     train = m["train"]  # a text_classification_source: an ArraySource
     classes = int(np.max(train.arrays["label"])) + 1
-    cache = cache_topk(lambda b: logits(m["params"], b), data.eval_batches(train, c.eval_batch_size), len(train),
+    cache = cache_topk(lambda b: logits(params, b), data.eval_batches(train, c.eval_batch_size), len(train),
                        k=classes)
     train = data.ArraySource({**train.arrays, **cache})
     loss = offline_distillation_loss(m["apply"], inputs=m["inputs"], alpha=c.long_kd_alpha,
