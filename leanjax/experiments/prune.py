@@ -181,18 +181,22 @@ def _long_arms(name, m, c, workdir, acc, sparsity):
     gradual = lambda scores, **kw: pruning.gradual_pruning(  # noqa: E731
         optimizer, scores(m["unstructured"]), ramp, update_every=c.update_every, **kw)
     target = {"sparsity": c.long_sparsity}
-    teacher = {"params": m["params"]}  # the KD arm's teacher: the dense control once it has run, else the start
-    arms = {"long_dense": lambda: (optimizer(), {}), "gradual": lambda: (gradual(pruning.magnitude), target),
-            "gradual_kd": lambda: (gradual(pruning.magnitude), {**target, **_dense_teacher(m, c, teacher["params"])}),
-            "movement": lambda: (gradual(pruning.top_scores, movement=True), target)}
+    teacher = m["params"]  # the KD arm's teacher: the dense control once it has run, else the start
     out = {}
     for arm in c.long_arms:
-        tx, kw = arms[arm]()
+        if arm == "long_dense":
+            tx, kw = optimizer(), {}
+        elif arm == "movement":
+            tx, kw = gradual(pruning.top_scores, movement=True), target
+        elif arm == "gradual":
+            tx, kw = gradual(pruning.magnitude), target
+        else:  # gradual_kd (LONG_ARMS is checked above)
+            tx, kw = gradual(pruning.magnitude), {**target, **_dense_teacher(m, c, teacher)}
         state = _finetune(m, c, tx, m["params"], os.path.join(workdir, arm), f"prune/{name}/{arm}",
                           num_steps=c.long_steps, **kw)
         out[f"{arm}.accuracy"] = acc(m["apply"], state.params)
         if arm == "long_dense":
-            teacher["params"] = state.params
+            teacher = state.params
         else:
             sparsity[arm] = pruning.report(state.params, pruning.masks_of(state.opt_state))
     return out

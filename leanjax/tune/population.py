@@ -182,11 +182,11 @@ def compare_population(study: optuna.Study, *, space: Mapping, n: int,
     """
     pop_step, pop_eval = make_population_step(step_fn), make_population_eval(eval_step_fn)
     train_step, eval_step = jax.jit(step_fn, donate_argnums=(0,)), jax.jit(eval_step_fn)
-    first = list(study.trials)
+    before = len(study.trials)
     probe = {name: d.choices[0] if hasattr(d, "choices") else d.low for name, d in distributions(space).items()}
-    batch = next(batches())
-    evaluate(eval_step, init_state(probe, 0).params, val)
-    jax.block_until_ready(train_step(init_state(probe, 0), batch))
+    batch, warm = next(batches()), init_state(probe, 0)
+    evaluate(eval_step, warm.params, val)
+    jax.block_until_ready(train_step(warm, batch))  # donates `warm`: evaluated first
     stacked, _ = pop_step(stack([init_state(probe, i) for i in range(n)]), batch)
     pop_eval(stacked.params, val)
 
@@ -197,7 +197,7 @@ def compare_population(study: optuna.Study, *, space: Mapping, n: int,
     jax.block_until_ready(result.states)
     vmapped_s = time.perf_counter() - t0
 
-    trials = sorted((t for t in study.trials if t.number not in {f.number for f in first}), key=lambda t: t.number)
+    trials = sorted(study.trials, key=lambda t: t.number)[before:]  # the population's, in member order
     t0 = time.perf_counter()
     sequential = [train_trial(init_state(t.params, i), train_step, batches(), num_steps=num_steps,
                               eval_fn=lambda p: evaluate(eval_step, p, val), eval_every=eval_every)
